@@ -1,0 +1,68 @@
+"""Command line: ``python -m tficlib <command>`` (also installed as ``tfic``).
+
+Exit codes: 0 success, 2 bad usage or bad input, 1 anything else; errors are
+printed to stderr on one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import config
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: exit code 2."""
+
+
+def _cmd_run(args) -> int:
+    from .runner import run_pipeline
+
+    run_pipeline(args.profile, args.first, args.last)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfic", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the notebook pipeline with papermill")
+    p.add_argument("--profile", default=None, help="smoke | cpu | paper | auto (default: $TFIC_PROFILE or auto)")
+    p.add_argument("--from", dest="first", default=None, help="first notebook prefix, e.g. 00")
+    p.add_argument("--to", dest="last", default=None, help="last notebook prefix, e.g. 06")
+    p.set_defaults(func=_cmd_run)
+
+    try:
+        from . import cli_codec
+    except ImportError:  # the codec commands need the codec module
+        cli_codec = None
+    if cli_codec is not None:
+        cli_codec.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, config.UnknownProfile, ValueError, FileNotFoundError) as exc:
+        print(f"tfic: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tfic: interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line on stderr, exit 1
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"tfic: error: {type(exc).__name__}: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Profiles: how much data, how many steps, which resolution.
+
+A profile changes *amounts* (images, steps, crop sizes, resolution), never the
+method.  There is one place for the profile table: :data:`PROFILES`.
+
+``smoke``  tests and CI, the whole chain in minutes.
+``cpu``    a 2-core machine without GPU, the whole chain in at most 120 minutes.
+``paper``  the papers' data sizes, resolutions and schedules, on a CUDA GPU.
+``auto``   ``paper`` when CUDA is available, else ``cpu`` (the default).
+
+Use :func:`resolve` in the second cell of every notebook::
+
+    cfg = tficlib.config.resolve(PROFILE)
+
+and ``dataclasses.replace`` (or :meth:`Profile.with_overrides`) to change one
+amount for an experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "PROFILE_NAMES",
+    "PROFILES",
+    "Profile",
+    "UnknownProfile",
+    "repo_root",
+    "resolve",
+]
+
+
+class UnknownProfile(ValueError):
+    """Raised for a profile name that is not in :data:`PROFILE_NAMES`."""
+
+
+# --------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class TextLinesCfg:
+    """TFIC text-line dataset (paper 1, Sec. IV-A: ~20k train / 600 test, 256x512)."""
+
+    n_train: int
+    n_test: int
+    height: int
+    width: int
+    max_chars: int = 24  # longest label; longer lines become unreadable once fitted
+
+
+@dataclass(frozen=True)
+class PagesCfg:
+    """Document pages and their patches (paper 3, Sec. 4.6)."""
+
+    n_pages: int
+    font_size: int = 20  # pixels; 20 px prose reads ~1.0 clean
+    downsample: int = 2  # degradation: downsample by this factor ...
+    jpeg_quality: int = 1  # ... JPEG at the coarsest quantization ...
+    patch_height: int = 64  # ... upsample back; patches are 64x256
+    patch_width: int = 256
+    patches_per_page: int = 10
+    train_fraction: float = 0.8  # split by page
+    page_width: int = 1024
+    page_height: int = 1024
+
+
+@dataclass(frozen=True)
+class CodecCfg:
+    """Hyperprior codec and its stage-1 (MSE) training (paper 1, Sec. III)."""
+
+    model: str = "bmshj2018-hyperprior"
+    N: int = 128
+    M: int = 192
+    lambdas: tuple[float, ...] = (0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032)
+    batch_size: int = 8
+    lr: float = 1e-4
+    aux_lr: float = 1e-3
+    clip_max_norm: float = 1.0
+    base_steps: int = 1000  # base model, trained at base_lambda
+    base_lambda: float = 0.0016
+    lambda_steps: int = 500  # per-λ fine-tuning from the base model (0: train each λ from scratch)
+    checkpoint_every: int = 200
+
+
+@dataclass(frozen=True)
+class TficCfg:
+    """Stage 2: rate + γ·OCR with λ = 0 (paper 1, Sec. III-B)."""
+
+    gamma: float = 0.1
+    gammas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)  # our rate knob at λ = 0
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-4
+
+
+@dataclass(frozen=True)
+class TextLogitCfg:
+    """Rate + λ·D + κ·J(x, x̂) (Lai et al., Eq. 5, Algorithm 1)."""
+
+    kappa: float = 0.1
+    kappas: tuple[float, ...] = (0.0, 0.001, 0.01, 0.1, 1.0, 10.0)
+    sweep_lambda_index: int = 2  # which λ of CodecCfg.lambdas the κ sweep uses
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-4
+
+
+@dataclass(frozen=True)
+class DequantCfg:
+    """DnCNN dequantization and OCR-guided refinement (paper 3, Sec. 4.3-4.5)."""
+
+    depth: int = 17
+    features: int = 64
+    mse_weight: float = 0.8  # λ in λ·MSE + (1-λ)·L_DCT
+    dct_tau: float = 0.5
+    crop: int = 48  # training crops on the 8x8 JPEG grid (multiple of 8)
+    batch_size: int = 32
+    lr: float = 1e-3
+    steps: int = 2000
+    ocr_guided_steps: int = 500
+    ocr_guided_batch: int = 16
+    ocr_guided_lr: float = 1e-4
+    eval_every: int = 250
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    """Evaluation amounts shared by the stages (test-split sizes, timings)."""
+
+    n_test: int | None = None  # None: the whole test split
+    timing_images: int = 50
+    timing_warmup: int = 5
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every amount of one profile.  Frozen: use :meth:`with_overrides` to change one."""
+
+    name: str
+    device: str
+    seed: int
+    textlines: TextLinesCfg
+    pages: PagesCfg
+    codec: CodecCfg
+    tfic: TficCfg
+    textlogit: TextLogitCfg
+    dequant: DequantCfg
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    num_threads: int | None = None  # torch threads; None: leave torch's default
+
+    @property
+    def data_dir(self) -> Path:
+        """``data/<profile>/`` under the repository (or ``$TFIC_DATA``)."""
+        base = os.environ.get("TFIC_DATA")
+        return (Path(base) if base else repo_root() / "data") / self.name
+
+    @property
+    def figures_dir(self) -> Path:
+        """``figures/<profile>/`` under the repository (or ``$TFIC_FIGURES``)."""
+        base = os.environ.get("TFIC_FIGURES")
+        return (Path(base) if base else repo_root() / "figures") / self.name
+
+    def stage_dir(self, stage: str) -> Path:
+        """``data/<profile>/<stage>/``, e.g. ``stage_dir("01_mse_pretraining")``."""
+        return self.data_dir / stage
+
+    def with_overrides(self, **changes) -> "Profile":
+        """Copy with some amounts changed: ``cfg.with_overrides(codec={"base_steps": 10})``."""
+        kwargs = {}
+        for key, value in changes.items():
+            current = getattr(self, key)
+            if dataclasses.is_dataclass(current) and isinstance(value, dict):
+                value = dataclasses.replace(current, **value)
+            kwargs[key] = value
+        return dataclasses.replace(self, **kwargs)
+
+
+# --------------------------------------------------------------------------- the table
+def _smoke(device: str) -> Profile:
+    return Profile(
+        name="smoke",
+        device=device,
+        seed=0,
+        textlines=TextLinesCfg(n_train=48, n_test=16, height=64, width=256),
+        pages=PagesCfg(n_pages=4),
+        codec=CodecCfg(
+            N=32, M=48, lambdas=(0.0004, 0.0032), batch_size=4, lr=1e-3,
+            base_steps=6, base_lambda=0.0016, lambda_steps=3, checkpoint_every=4,
+        ),
+        tfic=TficCfg(gammas=(0.1, 1.0), steps=3, batch_size=4),
+        textlogit=TextLogitCfg(kappas=(0.0, 0.1, 10.0), sweep_lambda_index=0, steps=3, batch_size=4),
+        dequant=DequantCfg(steps=6, batch_size=8, ocr_guided_steps=3, ocr_guided_batch=4, eval_every=3),
+        eval=EvalCfg(n_test=8, timing_images=4, timing_warmup=1, batch_size=8),
+    )
+
+
+def _cpu(device: str) -> Profile:
+    return Profile(
+        name="cpu",
+        device=device,
+        seed=0,
+        textlines=TextLinesCfg(n_train=2000, n_test=200, height=64, width=256),
+        pages=PagesCfg(n_pages=100),
+        codec=CodecCfg(
+            N=64, M=96, batch_size=8, lr=3e-4, base_steps=1500, base_lambda=0.0016,
+            lambda_steps=300, checkpoint_every=100,
+        ),
+        tfic=TficCfg(steps=300, batch_size=8),
+        textlogit=TextLogitCfg(steps=300, batch_size=8),
+        dequant=DequantCfg(steps=3000, ocr_guided_steps=600, eval_every=500),
+        eval=EvalCfg(n_test=None, timing_images=50, timing_warmup=5),
+        num_threads=2,
+    )
+
+
+def _paper(device: str) -> Profile:
+    return Profile(
+        name="paper",
+        device=device,
+        seed=0,
+        textlines=TextLinesCfg(n_train=20000, n_test=600, height=256, width=512),
+        pages=PagesCfg(n_pages=2285),
+        codec=CodecCfg(
+            N=128, M=192, batch_size=16, lr=1e-4, base_steps=100_000, base_lambda=0.0016,
+            lambda_steps=0, checkpoint_every=2000,
+        ),
+        tfic=TficCfg(steps=20_000, batch_size=16),
+        textlogit=TextLogitCfg(steps=20_000, batch_size=16),
+        dequant=DequantCfg(crop=64, batch_size=64, steps=100_000, ocr_guided_steps=20_000,
+                           ocr_guided_batch=64, eval_every=5000),
+        eval=EvalCfg(n_test=None, timing_images=200, timing_warmup=10, batch_size=32),
+    )
+
+
+PROFILES = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
+PROFILE_NAMES = ("smoke", "cpu", "paper", "auto")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # pragma: no cover - torch is a hard dependency
+        return False
+
+
+def resolve(name: str | None = None, *, device: str | None = None) -> Profile:
+    """Return the :class:`Profile` called ``name``.
+
+    ``name`` defaults to ``$TFIC_PROFILE`` and then ``"auto"``: ``paper`` when
+    CUDA is available, else ``cpu``.  ``device`` defaults to ``cuda`` when
+    available, else ``cpu`` (the ``smoke`` profile also uses CUDA when present,
+    so the GPU path is exercised by the same tests).
+    """
+    if name is None:
+        name = os.environ.get("TFIC_PROFILE", "auto")
+    key = str(name).strip().lower()
+    if key not in PROFILE_NAMES:
+        raise UnknownProfile(
+            f"unknown profile {name!r}; valid profiles are: {', '.join(PROFILE_NAMES)}"
+        )
+    cuda = _cuda_available()
+    if device is None:
+        device = os.environ.get("TFIC_DEVICE") or ("cuda" if cuda else "cpu")
+    if key == "auto":
+        key = "paper" if cuda else "cpu"
+    return PROFILES[key](device)
+
+
+def repo_root() -> Path:
+    """The repository root (the folder holding ``pyproject.toml``)."""
+    here = Path(__file__).resolve().parent.parent
+    return here

@@ -1,0 +1,120 @@
+"""Run the notebook pipeline headlessly with papermill (the main job).
+
+``python -m tficlib run --profile cpu --from 00 --to 06`` executes the
+numbered notebooks in order, writes the executed copies under
+``data/<profile>/executed/``, records each notebook's wall time in
+``data/<profile>/timings.json`` and stops at the first failure, naming the
+notebook and the cell that failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config
+from .artifacts import read_json, write_json
+
+__all__ = ["NotebookFailed", "list_notebooks", "run_pipeline"]
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook of the pipeline raised; the message names the notebook and the cell."""
+
+    def __init__(self, notebook: Path, cell: int | None, error: str, executed: Path):
+        self.notebook, self.cell, self.error, self.executed = notebook, cell, error, executed
+        where = f"cell {cell}" if cell is not None else "an unknown cell"
+        super().__init__(f"{notebook.name} failed in {where}: {error} (executed copy: {executed})")
+
+
+@dataclass
+class NotebookRun:
+    notebook: Path
+    executed: Path
+    seconds: float
+
+
+def notebooks_dir() -> Path:
+    return config.repo_root() / "notebooks"
+
+
+def list_notebooks(first: str | None = None, last: str | None = None) -> list[Path]:
+    """The numbered notebooks ``NN_*.ipynb`` whose prefix lies in ``[first, last]``."""
+    found = sorted(p for p in notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no notebooks found in {notebooks_dir()}")
+    prefixes = [p.name[:2] for p in found]
+    for bound in (first, last):
+        if bound is not None and bound.zfill(2)[:2] not in prefixes:
+            raise ValueError(f"no notebook with prefix {bound!r}; prefixes are {', '.join(prefixes)}")
+    lo = (first or prefixes[0]).zfill(2)[:2]
+    hi = (last or prefixes[-1]).zfill(2)[:2]
+    if lo > hi:
+        raise ValueError(f"--from {lo} comes after --to {hi}")
+    return [p for p in found if lo <= p.name[:2] <= hi]
+
+
+def _failed_cell(exc: Exception) -> tuple[int | None, str]:
+    cell = getattr(exc, "exec_count", None)
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    return cell, f"{ename}: {str(evalue).splitlines()[0] if evalue else ''}"
+
+
+def run_pipeline(profile: str = "auto", first: str | None = None, last: str | None = None,
+                 log=print, extra_parameters: dict | None = None) -> list[NotebookRun]:
+    """Execute the notebooks ``first``..``last`` with papermill in ``profile``.
+
+    Returns one :class:`NotebookRun` per notebook; raises :class:`NotebookFailed`
+    at the first failure.  Timings are merged into ``data/<profile>/timings.json``.
+    """
+    import papermill
+
+    cfg = config.resolve(profile)
+    notebooks = list_notebooks(first, last)
+    executed_dir = cfg.data_dir / "executed"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    timings_path = cfg.data_dir / "timings.json"
+    timings = read_json(timings_path) if timings_path.exists() else {}
+    env_profile = os.environ.get("TFIC_PROFILE")
+    os.environ["TFIC_PROFILE"] = cfg.name
+    runs: list[NotebookRun] = []
+    log(f"tficlib: running {len(notebooks)} notebook(s) in profile {cfg.name!r} on {cfg.device}")
+    try:
+        for i, nb in enumerate(notebooks, 1):
+            out = executed_dir / nb.name
+            log(f"[{i}/{len(notebooks)}] {nb.name} ...", end="" if log is print else "\n")
+            if log is print:
+                sys.stdout.flush()
+            start = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(nb), str(out), parameters={"PROFILE": cfg.name, **(extra_parameters or {})},
+                    cwd=str(nb.parent), progress_bar=False, log_output=False, kernel_name="python3",
+                )
+            except Exception as exc:  # papermill.PapermillExecutionError and kernel deaths
+                seconds = time.perf_counter() - start
+                log(f" FAILED after {seconds:.0f} s")
+                cell, error = _failed_cell(exc)
+                raise NotebookFailed(nb, cell, error, out) from exc
+            seconds = time.perf_counter() - start
+            timings[nb.stem] = round(seconds, 1)
+            write_json(timings_path, timings)
+            runs.append(NotebookRun(nb, out, seconds))
+            log(f" done in {seconds:.0f} s")
+    finally:
+        if env_profile is None:
+            os.environ.pop("TFIC_PROFILE", None)
+        else:
+            os.environ["TFIC_PROFILE"] = env_profile
+    total = sum(r.seconds for r in runs)
+    log(f"tficlib: {len(runs)} notebook(s) in {total / 60:.1f} min; timings in {timings_path}")
+    figures = sorted(cfg.figures_dir.glob("*.png")) if cfg.figures_dir.exists() else []
+    if figures:
+        log("figures:")
+        for f in figures:
+            log(f"  {f}")
+    return runs
