@@ -274,3 +274,23 @@ def repo_root() -> Path:
     """The repository root (the folder holding ``pyproject.toml``)."""
     here = Path(__file__).resolve().parent.parent
     return here
+
+
+def setup(cfg: Profile, seed: int | None = None):
+    """Seed every generator, fix torch's thread count, and return the ``torch.device``.
+
+    Called once per notebook after :func:`resolve`; every random choice of a
+    stage derives from ``seed`` (default: the profile's).
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = cfg.seed if seed is None else int(seed)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    return torch.device(cfg.device)

@@ -57,11 +57,26 @@ def list_notebooks(first: str | None = None, last: str | None = None) -> list[Pa
     return [p for p in found if lo <= p.name[:2] <= hi]
 
 
-def _failed_cell(exc: Exception) -> tuple[int | None, str]:
-    cell = getattr(exc, "exec_count", None)
+def _failed_cell(exc: Exception, executed: Path) -> tuple[int | None, str]:
+    """(1-based index of the failing cell in the *original* notebook, "Error: message")."""
     ename = getattr(exc, "ename", type(exc).__name__)
     evalue = getattr(exc, "evalue", str(exc))
-    return cell, f"{ename}: {str(evalue).splitlines()[0] if evalue else ''}"
+    error = f"{ename}: {str(evalue).splitlines()[0] if evalue else ''}"
+    try:
+        import nbformat
+
+        nb = nbformat.read(str(executed), as_version=4)
+    except Exception:  # noqa: BLE001 - the executed copy may not exist if the kernel died early
+        return None, error
+    index = 0
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags or "papermill-error-cell-tag" in tags:
+            continue  # cells papermill added are not part of the original notebook
+        index += 1
+        if cell.get("cell_type") == "code" and any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            return index, error
+    return None, error
 
 
 def run_pipeline(profile: str = "auto", first: str | None = None, last: str | None = None,
@@ -98,7 +113,7 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
             except Exception as exc:  # papermill.PapermillExecutionError and kernel deaths
                 seconds = time.perf_counter() - start
                 log(f" FAILED after {seconds:.0f} s")
-                cell, error = _failed_cell(exc)
+                cell, error = _failed_cell(exc, out)
                 raise NotebookFailed(nb, cell, error, out) from exc
             seconds = time.perf_counter() - start
             timings[nb.stem] = round(seconds, 1)

@@ -1,0 +1,64 @@
+import json
+
+import nbformat
+import pytest
+
+from tficlib import runner
+
+
+def _notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    cells = [nbformat.v4.new_code_cell('PROFILE = "auto"', metadata={"tags": ["parameters"]})]
+    cells += [nbformat.v4.new_code_cell(src) for src in sources]
+    nb.cells = cells
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture
+def fake_notebooks(tmp_path, tmp_data, monkeypatch):
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    monkeypatch.setattr(runner, "notebooks_dir", lambda: nbdir)
+    return nbdir
+
+
+def test_list_notebooks_by_prefix(fake_notebooks):
+    for name in ("00_a", "01_b", "02_c"):
+        _notebook(fake_notebooks / f"{name}.ipynb", "x = 1")
+    names = lambda ps: [p.name[:2] for p in ps]  # noqa: E731
+    assert names(runner.list_notebooks()) == ["00", "01", "02"]
+    assert names(runner.list_notebooks("01")) == ["01", "02"]
+    assert names(runner.list_notebooks("0", "1")) == ["00", "01"]
+    with pytest.raises(ValueError, match="no notebook with prefix '07'"):
+        runner.list_notebooks("07")
+    with pytest.raises(ValueError, match="comes after"):
+        runner.list_notebooks("02", "00")
+
+
+@pytest.mark.slow
+def test_pipeline_runs_in_order_and_stops_at_first_failure(fake_notebooks, tmp_data):
+    _notebook(fake_notebooks / "00_ok.ipynb", "assert PROFILE == 'smoke', PROFILE")
+    _notebook(fake_notebooks / "01_broken.ipynb", "y = 2", "raise ValueError('boom in cell')")
+    _notebook(fake_notebooks / "02_never.ipynb", "z = 3")
+    lines = []
+    with pytest.raises(runner.NotebookFailed) as exc:
+        runner.run_pipeline("smoke", log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    err = exc.value
+    assert err.notebook.name == "01_broken.ipynb"
+    assert err.cell == 3 and "ValueError: boom in cell" in str(err)
+    assert "01_broken.ipynb failed in cell 3" in str(err)
+    executed = tmp_data / "data" / "smoke" / "executed"
+    assert (executed / "00_ok.ipynb").exists() and (executed / "01_broken.ipynb").exists()
+    assert not (executed / "02_never.ipynb").exists()
+    timings = json.loads((tmp_data / "data" / "smoke" / "timings.json").read_text())
+    assert list(timings) == ["00_ok"] and timings["00_ok"] > 0
+    assert any("[1/3] 00_ok.ipynb" in line for line in lines)
+
+
+def test_cli_run_rejects_unknown_profile(capsys):
+    from tficlib.__main__ import main
+
+    assert main(["run", "--profile", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown profile 'gpu'" in err and len(err.strip().splitlines()) == 1
