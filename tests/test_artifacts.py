@@ -105,3 +105,11 @@ def test_read_json_reports_corruption(tmp_path):
     p.write_text("{not json")
     with pytest.raises(artifacts.ArtifactError, match="not valid JSON"):
         artifacts.read_json(p)
+
+
+@pytest.mark.parametrize("content", [b"plain text, not a checkpoint\n", b"PK\x03\x04garbage", b""])
+def test_foreign_bytes_are_refused_with_the_named_error(tmp_path, content):
+    p = tmp_path / "x.pt"
+    p.write_bytes(content)
+    with pytest.raises(artifacts.ArtifactError, match="not a tficlib checkpoint"):
+        artifacts.load_checkpoint(p)

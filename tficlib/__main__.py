@@ -35,12 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="last", default=None, help="last notebook prefix, e.g. 06")
     p.set_defaults(func=_cmd_run)
 
-    try:
-        from . import cli_codec
-    except ImportError:  # the codec commands need the codec module
-        cli_codec = None
-    if cli_codec is not None:
-        cli_codec.add_commands(sub)
+    from . import cli_codec
+
+    cli_codec.add_commands(sub)
     return parser
 
 

@@ -211,9 +211,11 @@ def load_checkpoint(path: str | os.PathLike, stage: str | None = None, map_locat
     path = require(path, stage)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError,
+            IndexError, TypeError, AttributeError) as exc:
         raise ArtifactError(
-            f"{path} is not a tficlib checkpoint (or is corrupt): {str(exc).splitlines()[0]}"
+            f"{path} is not a tficlib checkpoint (or is corrupt): "
+            f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ArtifactError(f"{path} is not a tficlib checkpoint (format tag missing)")
