@@ -81,6 +81,8 @@ class CodecCfg:
     base_lambda: float = 0.0016
     lambda_steps: int = 500  # per-λ fine-tuning from the base model (0: train each λ from scratch)
     checkpoint_every: int = 200
+    aux_steps: int = 200  # auxiliary-only (quantile) steps after training, before the exact bisection
+    lr_decay_start: float = 0.7  # lr constant until this fraction of a run, then cosine down to lr/10
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class TficCfg:
     steps: int = 300
     batch_size: int = 8
     lr: float = 1e-4
+    sweep_start_index: int = -1  # the γ sweep starts from this stage-1 model (index into CodecCfg.lambdas)
+    ste: bool = True  # the OCR sees rounded latents through a straight-through estimator
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,11 @@ class TextLogitCfg:
     steps: int = 300
     batch_size: int = 8
     lr: float = 1e-4
+    train_images: int | None = None  # training images with cached CRAFT boxes + logits (None: all)
+    filter_quantile: float = 0.05  # Eq. 6 thresholds re-derived as quantiles of the training regions
+    m_min: float | None = None  # fixed Eq. 6 thresholds instead (the paper's PARSeq values: 14.2, 2.0)
+    sigma_max: float | None = None
+    ste: bool = True  # reference and J runs decode rounded latents (straight-through estimator)
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,15 @@ class DequantCfg:
     ocr_guided_steps: int = 500
     ocr_guided_batch: int = 16
     ocr_guided_lr: float = 1e-4
-    eval_every: int = 250
+    eval_every: int = 250  # weight snapshots for the accuracy-vs-steps curve
+    clip_max_norm: float | None = None  # gradient clipping (None: off)
+    lr_decay_start: float = 0.5  # lr constant, then cosine from this fraction of the steps ...
+    lr_decay_to: float = 0.01  # ... down to lr_decay_to·lr
+    checkpoint_every: int = 200
+    ablation_steps: int | None = None  # λ = 1 (MSE only) ablation; None: as many as steps
+    word_margin: int = 8  # context pixels around each word patch given to D2
+    guided_train_patches: int | None = None  # training patches used by 05 (None: all)
+    curve_patches: int = 50  # test patches OCR-read for each point of the accuracy-vs-steps curve
 
 
 @dataclass(frozen=True)
@@ -166,7 +183,7 @@ class Profile:
         """``data/<profile>/<stage>/``, e.g. ``stage_dir("01_mse_pretraining")``."""
         return self.data_dir / stage
 
-    def with_overrides(self, **changes) -> "Profile":
+    def with_overrides(self, **changes) -> Profile:
         """Copy with some amounts changed: ``cfg.with_overrides(codec={"base_steps": 10})``."""
         kwargs = {}
         for key, value in changes.items():
@@ -190,9 +207,12 @@ def _smoke(device: str) -> Profile:
             base_steps=6, base_lambda=0.0016, lambda_steps=3, checkpoint_every=4,
         ),
         tfic=TficCfg(gammas=(0.1, 1.0), steps=3, batch_size=4),
-        textlogit=TextLogitCfg(kappas=(0.0, 0.1, 10.0), sweep_lambda_index=0, steps=3, batch_size=4),
-        dequant=DequantCfg(steps=6, batch_size=8, ocr_guided_steps=3, ocr_guided_batch=4, eval_every=3),
+        textlogit=TextLogitCfg(kappas=(0.0, 0.1, 10.0), sweep_lambda_index=0, steps=3, batch_size=4,
+                                train_images=8),
+        dequant=DequantCfg(steps=6, batch_size=8, ocr_guided_steps=3, ocr_guided_batch=4, eval_every=3,
+                           ablation_steps=3, checkpoint_every=4, guided_train_patches=8, curve_patches=3),
         eval=EvalCfg(n_test=8, timing_images=4, timing_warmup=1, batch_size=8),
+        num_threads=1,  # tiny tensors: one thread avoids OpenMP oversubscription
     )
 
 
@@ -204,12 +224,13 @@ def _cpu(device: str) -> Profile:
         textlines=TextLinesCfg(n_train=2000, n_test=200, height=64, width=256),
         pages=PagesCfg(n_pages=100),
         codec=CodecCfg(
-            N=64, M=96, batch_size=8, lr=3e-4, base_steps=1500, base_lambda=0.0016,
-            lambda_steps=300, checkpoint_every=100,
+            N=64, M=96, lambdas=(0.00006, 0.00015, 0.0004, 0.001, 0.0025), batch_size=8, lr=3e-4,
+            base_steps=1500, base_lambda=0.0004, lambda_steps=300, checkpoint_every=100,
         ),
         tfic=TficCfg(steps=300, batch_size=8),
-        textlogit=TextLogitCfg(steps=300, batch_size=8),
-        dequant=DequantCfg(steps=3000, ocr_guided_steps=600, eval_every=500),
+        textlogit=TextLogitCfg(steps=120, batch_size=8, train_images=400),
+        dequant=DequantCfg(crop=64, batch_size=8, lr=1e-3, steps=2000, eval_every=250, ablation_steps=500,
+                           ocr_guided_steps=300, ocr_guided_batch=8, guided_train_patches=300),
         eval=EvalCfg(n_test=None, timing_images=50, timing_warmup=5),
         num_threads=2,
     )

@@ -78,3 +78,101 @@ def ocr_loss(x_hat: torch.Tensor, labels, reduction: str = "mean") -> torch.Tens
     recognizer = ocr.get_recognizer(x_hat.device)
     logits = recognizer(x_hat.clamp(0.0, 1.0))
     return ocr.ctc_loss(logits, list(labels), reduction=reduction)
+
+
+# --------------------------------------------------------------------------- text logit loss (Lai et al.)
+def text_logit_loss(x_hat: torch.Tensor, boxes, targets, recognizer=None) -> torch.Tensor:
+    """J(x, x̂) = (1/n) Σ_i ‖v_i − v̂_i‖² (Lai et al., Eq. 4), averaged over the batch (Algorithm 1).
+
+    ``boxes``: per image, the (kept) text boxes B_i of the *original* (Eq. 1);
+    ``targets``: per image, the original's logits v_i (T_i, 97) of those boxes
+    (the cache of :mod:`tficlib.textlogit`), or the original images x
+    (B, 3, H, W), whose v_i are then computed here without gradient.
+    v̂_i = pre-softmax CTC logits of the frozen EasyOCR recognizer on the
+    crop B_i(x̂) of x̂ clamped to [0, 1] (Eq. 2-3; the paper used PARSeq).
+    ‖·‖² is the mean over the T_i × 97 entries; J_k = 0 for an image with no
+    box (no text term); the result is the mean of J_k over the B images.
+    Differentiable w.r.t. ``x_hat`` only.  See :mod:`tficlib.textlogit`.
+    """
+    from . import textlogit
+
+    if not isinstance(x_hat, torch.Tensor) or x_hat.dim() != 4 or x_hat.shape[1] != 3:
+        raise ValueError(f"text_logit_loss expects x_hat (B,3,H,W), got {getattr(x_hat, 'shape', type(x_hat))}")
+    if len(boxes) != x_hat.shape[0]:
+        raise ValueError(f"text_logit_loss: {len(boxes)} box lists for a batch of {x_hat.shape[0]} images")
+    if isinstance(targets, torch.Tensor):
+        if targets.shape != x_hat.shape:
+            raise ValueError(f"original images {tuple(targets.shape)} and x_hat {tuple(x_hat.shape)} differ")
+        with torch.no_grad():
+            targets = textlogit.region_logits(targets.detach(), boxes, recognizer)
+    if len(targets) != len(boxes) or any(len(t) != len(b) for t, b in zip(targets, boxes)):
+        raise ValueError("text_logit_loss: targets must hold one logit tensor per box of every image")
+    v_hat = textlogit.region_logits(x_hat.clamp(0.0, 1.0), boxes, recognizer)
+    per_image = []
+    for vs, vhs in zip(targets, v_hat):
+        if not vs:
+            per_image.append(x_hat.new_zeros(()))
+            continue
+        terms = []
+        for v, vh in zip(vs, vhs):
+            if v.shape != vh.shape:
+                raise ValueError(f"cached logits {tuple(v.shape)} do not match the crop's {tuple(vh.shape)}: "
+                                 "the cache was made with other boxes or another recognizer; rebuild it")
+            terms.append((vh.float() - v.detach().to(vh.device).float()).pow(2).mean())
+        per_image.append(torch.stack(terms).mean())
+    return torch.stack(per_image).mean()
+
+
+# --------------------------------------------------------------------------- DCT loss (dequantization)
+def _dct_matrix(n: int, dtype, device) -> torch.Tensor:
+    """Orthonormal DCT-II matrix C (n×n): C[k, i] = a_k·cos(π(2i+1)k / 2n), a_0 = √(1/n), a_k = √(2/n)."""
+    k = torch.arange(n, dtype=torch.float64).unsqueeze(1)
+    i = torch.arange(n, dtype=torch.float64).unsqueeze(0)
+    c = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    c[0] /= math.sqrt(2.0)
+    return c.to(dtype=dtype, device=device)
+
+
+def dct2_blocks(x: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """2-D orthonormal DCT-II of the non-overlapping ``block``×``block`` blocks of ``x`` (JPEG's transform).
+
+    Della Fiore et al., journal extension, Sec. 4.4: "the two-dimensional DCT is
+    applied to each block, following the standard JPEG formulation" — JPEG's
+    8×8 FDCT is the orthonormal DCT-II, ``scipy.fft.dctn(b, norm="ortho")``.
+    ``x`` (B, C, H, W); the grid starts at the image origin and the rows/columns
+    past the last whole block are ignored.  Returns (B, C, H//block, W//block,
+    block, block): coefficient [u, v] of each block (u vertical frequency).
+    Differentiable.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"dct2_blocks expects a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
+    if not x.is_floating_point():
+        raise TypeError(f"dct2_blocks expects float images, got {x.dtype}")
+    b, c, h, w = x.shape
+    nh, nw = h // block, w // block
+    if nh == 0 or nw == 0:
+        raise ValueError(f"image {h}x{w} is smaller than one {block}x{block} block")
+    blocks = x[:, :, : nh * block, : nw * block].reshape(b, c, nh, block, nw, block).transpose(3, 4)
+    m = _dct_matrix(block, x.dtype, x.device)
+    return m @ blocks @ m.T
+
+
+def dct_loss(x: torch.Tensor, x_hat: torch.Tensor, tau: float = 0.5, scale: float = 1.0) -> torch.Tensor:
+    """L_DCT(x, x̂) = E_b[max(|DCT(x_b) − DCT(x̂_b)| − τ, 0)] (Della Fiore et al., journal ext., Eq. of Sec. 4.4).
+
+    The mean over every 8×8 block, coefficient and channel of the thresholded
+    absolute DCT difference.  The paper compares x̂ with the *quantized input*
+    x, so that the output keeps the JPEG's spectral structure; coefficient
+    differences smaller than τ cost nothing.  ``scale`` multiplies the pixel
+    values before the transform: 1 (default) for images in [0, 1] — at JPEG
+    quality 1 every quantization step is 255 levels = 1.0 on this scale, so
+    τ = 0.5 is half a quantization step, the width of the interval in which
+    the original coefficient lies; ``scale=255`` computes on JPEG's 0..255
+    levels (the level shift by 128 cancels in the difference).
+    """
+    if x.shape != x_hat.shape:
+        raise ValueError(f"dct_loss: x and x_hat differ in shape: {tuple(x.shape)} vs {tuple(x_hat.shape)}")
+    if tau < 0:
+        raise ValueError(f"τ must be >= 0, got {tau}")
+    diff = dct2_blocks((x - x_hat) * scale)  # the DCT is linear: DCT(x_b) − DCT(x̂_b) = DCT(x_b − x̂_b)
+    return torch.relu(diff.abs() - tau).mean()

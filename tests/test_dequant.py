@@ -1,0 +1,223 @@
+"""DnCNN, the DCT loss and the OCR-guided pipeline (paper 3, Sec. 4.3-4.5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+
+from tficlib import config, dequant
+from tficlib.losses import dct2_blocks, dct_loss
+
+
+# --------------------------------------------------------------------------- DnCNN
+@pytest.mark.parametrize("shape", [(2, 3, 17, 23), (1, 3, 9, 65), (1, 3, 3, 1)])
+def test_dncnn_output_shape_equals_input_shape(shape):
+    model = dequant.DnCNN(depth=17, features=8, zero_init=False)
+    assert model(torch.rand(shape)).shape == shape
+
+
+def test_dncnn_layout_of_fig7():
+    model = dequant.DnCNN()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) == 17 and len(bns) == 15
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert convs[0].out_channels == 64 and convs[-1].out_channels == 3
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_dncnn_is_the_identity_at_init(mode):
+    model = dequant.DnCNN(depth=5, features=8)
+    model.train(mode == "train")
+    x = torch.rand(2, 3, 19, 21)
+    assert torch.equal(model.residual(x), torch.zeros_like(x))
+    assert torch.equal(model(x), x)
+
+
+def test_dncnn_rejects_wrong_channels():
+    with pytest.raises(ValueError, match="DnCNN expects"):
+        dequant.DnCNN(depth=3, features=4)(torch.rand(1, 1, 8, 8))
+
+
+# --------------------------------------------------------------------------- DCT loss
+def test_dct_matches_scipy_orthonormal_dct_on_random_blocks():
+    x = torch.rand(2, 3, 24, 40, dtype=torch.float64)
+    coeffs = dct2_blocks(x)
+    assert coeffs.shape == (2, 3, 3, 5, 8, 8)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        b, c, i, j = rng.integers(2), rng.integers(3), rng.integers(3), rng.integers(5)
+        ref = scipy.fft.dctn(x[b, c, 8 * i:8 * i + 8, 8 * j:8 * j + 8].numpy(), type=2, norm="ortho")
+        np.testing.assert_allclose(coeffs[b, c, i, j].numpy(), ref, atol=1e-12)
+
+
+def test_dct_loss_is_zero_for_identical_images():
+    x = torch.rand(2, 3, 64, 256)
+    assert dct_loss(x, x.clone()).item() == 0.0
+
+
+def _from_coefficients(coeffs: np.ndarray) -> torch.Tensor:
+    """A (1, 1, 8, 8·n) image whose 8×8 blocks have the given DCT coefficients (n, 8, 8)."""
+    blocks = [scipy.fft.idctn(c, type=2, norm="ortho") for c in coeffs]
+    return torch.from_numpy(np.concatenate(blocks, axis=1))[None, None]
+
+
+def test_dct_loss_ignores_differences_below_tau():
+    rng = np.random.default_rng(1)
+    x = torch.rand(1, 1, 8, 32, dtype=torch.float64)
+    small = rng.uniform(-0.49, 0.49, size=(4, 8, 8))
+    assert dct_loss(x, x + _from_coefficients(small), tau=0.5).item() == pytest.approx(0.0, abs=1e-12)
+    big = small.copy()
+    big[2, 3, 1] = 0.9  # one coefficient 0.4 above τ
+    expected = 0.4 / big.size
+    assert dct_loss(x, x + _from_coefficients(big), tau=0.5).item() == pytest.approx(expected, rel=1e-9)
+    # without the margin every difference counts
+    assert dct_loss(x, x + _from_coefficients(small), tau=0.0).item() == pytest.approx(np.abs(small).mean())
+
+
+def test_dct_loss_scale_and_errors():
+    x = torch.zeros(1, 1, 8, 8)
+    y = torch.full((1, 1, 8, 8), 1.0 / 255)  # DC difference 8/255 on [0, 1], 8 levels on 0..255
+    assert dct_loss(x, y, tau=0.5, scale=255.0).item() == pytest.approx((8 - 0.5) / 64, rel=1e-5)
+    assert dct_loss(x, y, tau=0.5).item() == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        dct_loss(x, torch.zeros(1, 1, 8, 16))
+    with pytest.raises(ValueError, match="smaller than one"):
+        dct2_blocks(torch.zeros(1, 1, 4, 8))
+
+
+def test_dequant_objective_mse_only_has_no_dct_term():
+    model = dequant.DnCNN(depth=3, features=4)
+    batch = {"clean": torch.rand(2, 3, 16, 16), "degraded": torch.rand(2, 3, 16, 16)}
+    out = dequant.dequant_objective(1.0)(model, batch)
+    assert out["loss"].item() == pytest.approx(out["mse"].item())
+    out = dequant.dequant_objective(0.8)(model, batch)
+    assert out["loss"].item() == pytest.approx(0.8 * out["mse"].item() + 0.2 * out["dct"].item(), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- crops and training
+class _FakePatches:
+    def __init__(self, n=4, h=64, w=256):
+        g = torch.Generator().manual_seed(0)
+        self.items = [{"clean": torch.rand(3, h, w, generator=g), "degraded": torch.rand(3, h, w, generator=g),
+                       "text": "ab", "words": [("ab", (3, 3, 20, 20))]} for _ in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_crops_lie_on_the_jpeg_grid():
+    data = dequant.PatchCrops(_FakePatches(2), crop=32, grid=16)
+    full = (data.clean[1].float() / 255)
+    torch.manual_seed(0)
+    for _ in range(20):
+        crop = data[1]["clean"]
+        hits = [(y, x) for y in range(0, 64 - 31) for x in range(0, 256 - 31)
+                if torch.equal(full[:, y:y + 32, x:x + 32], crop)]
+        assert hits and all(y % 16 == 0 and x % 16 == 0 for y, x in hits)
+
+
+def _tiny_cfg(**dq):
+    base = dict(depth=4, features=8, steps=4, batch_size=2, crop=32, eval_every=2, checkpoint_every=2)
+    base.update(dq)
+    return config.resolve("smoke", device="cpu").with_overrides(dequant=base)
+
+
+def test_train_dncnn_snapshots_resume_and_reuse(tmp_data):
+    cfg = _tiny_cfg()
+    data = dequant.PatchCrops(_FakePatches(), crop=32)
+    ckpt = cfg.stage_dir(dequant.STAGE_DNCNN) / "dncnn.pt"
+    result = dequant.train_dncnn(cfg, data, ckpt, progress=False)
+    assert [row["step"] for row in result.log] == [1, 2, 3, 4]
+    assert sorted(dequant.snapshots(ckpt)) == [0, 2, 4]
+    again = dequant.train_dncnn(cfg, data, ckpt, progress=False)
+    assert again.reused
+    model, meta = dequant.load_dncnn(ckpt)
+    assert meta["dncnn"] == {"depth": 4, "features": 8, "channels": 3}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, result.model.state_dict()[k])
+    # the identity start: the snapshot at step 0 returns its input
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(dequant.snapshot_model(cfg, ckpt, 0)(x), x)
+
+
+def test_ablation_is_paired_with_the_main_run(tmp_data):
+    cfg = _tiny_cfg(steps=8, ablation_steps=2, lr_decay_start=0.5)
+    data = dequant.PatchCrops(_FakePatches(), crop=32)
+    result, ref = dequant.train_ablation(cfg, data, cfg.stage_dir(dequant.STAGE_DNCNN) / "abl.pt", progress=False)
+    assert ref == 2 and len(result.log) == 2
+    assert result.log[0]["lr"] == result.log[1]["lr"] == cfg.dequant.lr  # constant, like the main run's start
+    with pytest.raises(ValueError, match="paired"):
+        dequant.train_ablation(_tiny_cfg(steps=8, ablation_steps=3), data, cfg.stage_dir("x") / "a.pt")
+
+
+# --------------------------------------------------------------------------- OCR-guided
+def test_match_words_by_overlap():
+    words = [("Hello", (10, 5, 60, 25)), ("world", (70, 5, 120, 25)), ("far", (200, 40, 230, 60))]
+    boxes = [(8, 3, 62, 27), (66, 2, 124, 28), (150, 30, 160, 35)]
+    pairs, counts = dequant.match_words(boxes, words)
+    assert pairs == [((8, 3, 62, 27), "Hello"), ((66, 2, 124, 28), "world")]
+    assert counts == {"boxes": 3, "matched": 2, "unmatched_boxes": 1, "words": 3, "missed_words": 1}
+    # a line box holding two words gets both, in reading order
+    pairs, _ = dequant.match_words([(5, 0, 130, 30)], words[:2])
+    assert pairs == [((5, 0, 130, 30), "Hello world")]
+
+
+def test_reassembly_puts_each_patch_back_where_it_came_from():
+    x_tilde = torch.rand(3, 64, 256)
+    boxes = [(3, 4, 40, 30), (50, 33, 120, 60), (200, 0, 256, 20)]
+    patches = [torch.full((3, y1 - y0, x1 - x0), float(i + 2)) for i, (x0, y0, x1, y1) in enumerate(boxes)]
+    out = dequant.reassemble(x_tilde, patches, boxes)
+    mask = torch.zeros(64, 256, dtype=torch.bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        assert torch.all(out[:, y0:y1, x0:x1] == i + 2)
+        mask[y0:y1, x0:x1] = True
+    assert torch.equal(out[:, ~mask], x_tilde[:, ~mask])
+    # an identity D2 (zero residual) refines nothing: x̂ = x̃ exactly
+    guided = dequant.OCRGuided(dequant.DnCNN(depth=4, features=8), d2=dequant.DnCNN(depth=4, features=8))
+    refined, kept = guided.refine(x_tilde, boxes)
+    assert [tuple(p.shape[-2:]) for p in refined] == [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in boxes]
+    for p, (x0, y0, x1, y1) in zip(refined, kept):
+        assert torch.equal(p, x_tilde[:, y0:y1, x0:x1])
+    assert torch.equal(dequant.reassemble(x_tilde, refined, kept), x_tilde)
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_ocr_guided_step_updates_only_d2():
+    from tficlib import ocr
+
+    torch.manual_seed(0)
+    d1 = dequant.DnCNN(depth=4, features=8, zero_init=False).eval()
+    guided = dequant.OCRGuided(d1)
+    recognizer = ocr.get_recognizer("cpu")
+    craft = ocr.get_reader("cpu").detector
+    x = torch.ones(2, 3, 64, 256)
+    x[:, :, 20:40, 30:200] = 0.2  # a dark bar: something for CRAFT to look at
+    x_tilde = d1(x).detach().clamp(0, 1)
+    before = {"d1": _state(d1), "craft": _state(craft), "recognizer": _state(recognizer), "d2": _state(guided.d2)}
+    guided.detect(x_tilde[0])  # CRAFT runs on D1's output
+    objective = dequant.ocr_guided_objective(guided, (x_tilde * 255).round().to(torch.uint8))
+    optimizer = torch.optim.Adam([p for p in guided.d2.parameters() if p.requires_grad], lr=1e-2)
+    batch = [{"index": 0, "box": (30, 20, 200, 40), "label": "hello"},
+             {"index": 1, "box": (10, 10, 90, 50), "label": "world"}]
+    out = objective(guided.d2, batch)
+    out["loss"].backward()
+    assert all(p.grad is None for p in d1.parameters()) and all(p.grad is None for p in recognizer.parameters())
+    optimizer.step()
+    assert _same(before["d1"], _state(d1))
+    assert _same(before["craft"], _state(craft))
+    assert _same(before["recognizer"], _state(recognizer))
+    assert not _same(before["d2"], _state(guided.d2))

@@ -1,0 +1,755 @@
+"""Notebook 06: every stage's results on one axis, the classic codecs, and the papers' numbers.
+
+What this module does (each function is one cell of ``notebooks/06_evaluation.ipynb``):
+
+* :func:`load_results` reads every stage's ``results.json``; a missing stage is
+  recorded with the notebook to run (:class:`tficlib.artifacts.MissingArtifact`)
+  and the others are still used (:class:`StageResults`).
+* :func:`classic_curves` sweeps JPEG, WebP (lossy), AVIF, JPEG XL and JPEG 2000
+  (:mod:`tficlib.baselines`) over the text-line test split and scores every
+  rate point with the same OCR as the learned codecs (:data:`LINE_READER`):
+  real bpp from the encoded bytes, OCR accuracy (TFIC Sec. IV-A), CER/WER
+  (Lai et al. Eq. 7, on the whole line against the ground truth) and PSNR.
+* :func:`learned_curves` takes the learned codecs' curves from their stages
+  (``mse`` and ``tfic`` from 02, ``reference`` and ``textlogit`` from 03; ``mse``
+  from 01 when 02 is missing) and adds the line CER/WER of the same decoded
+  images, so that every method has the same CER axis.
+* :func:`comparison_table` is the Bjøntegaard table: every method against the
+  MSE codec and against the best classic codec (:func:`best_classic`), on the
+  accuracy axis (BD-rate, BD-accuracy) and on PSNR (BD-rate, BD-PSNR); values
+  that cannot be computed are ``None`` with the reason
+  (:func:`tficlib.metrics.bd_rate_result`).
+* :func:`runtime_table` (TFIC Table I), :func:`dequant_table` (Sec. 4.6 of the
+  journal paper) and :func:`headline_table` (each paper's claim, its number,
+  ours and whether it reproduced); :func:`markdown_table` renders any of them
+  (also for the README's Results section).
+
+Readings we chose (stated in the notebook too):
+
+* **CER on text lines.**  For the 06 figures, CER/WER are Eq. 7 of Lai et al.
+  on the whole line: the ground-truth label against :data:`LINE_READER`'s
+  reading of the decoded image.  Notebook 03 reports Lai's *region* CER
+  (reading of the original's CRAFT boxes as reference); it is kept as
+  ``cer_lai`` beside it and is the one the Lai headline row uses.
+* **Best classic codec** = the classic codec with the highest BD-accuracy
+  against JPEG (JPEG itself counts 0): the codec that reads best at equal
+  rate over the rates where both exist.
+* **Rate floors.**  A classic codec cannot go below its headers' bytes
+  (:func:`tficlib.baselines.rate_floors`); on 64×256 lines the coarsest
+  settings land at about 0.11–0.35 bpp, so the learned codecs' lowest points
+  have no classic counterpart.  The figures shade the rates below every
+  classic codec's lowest point instead of extrapolating.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import artifacts, baselines, metrics
+
+__all__ = [
+    "CLASSIC",
+    "DEQUANT",
+    "LEARNED",
+    "LINE_READER",
+    "PAPER",
+    "STAGE",
+    "STAGES",
+    "ClassicEvaluation",
+    "StageResults",
+    "best_classic",
+    "bd_row",
+    "classic_curves",
+    "comparison_table",
+    "curve_methods",
+    "dequant_figure",
+    "dequant_table",
+    "headline_table",
+    "learned_curves",
+    "line_reader",
+    "load_results",
+    "markdown_table",
+    "rate_figure",
+    "read_in_chunks",
+    "runtime_table",
+    "test_lines",
+    "uncompressed_entry",
+]
+
+STAGE = "06_evaluation"
+#: The stages notebook 06 reads, in pipeline order.
+STAGES = tuple(s for s in artifacts.NOTEBOOKS if s != STAGE)
+STAGE1, STAGE2, STAGE3 = "01_mse_pretraining", "02_tfic_ocr_finetuning", "03_text_logit_training"
+STAGE4, STAGE5 = "04_dncnn_dequantization", "05_ocr_guided_refinement"
+
+#: Classic codecs (results.json method keys).
+CLASSIC = tuple(baselines.CODECS)
+#: Learned text-line codecs: method key -> the stages that hold its curve, preferred first.
+LEARNED = {
+    "mse": (STAGE2, STAGE1),
+    "tfic": (STAGE2,),
+    "reference": (STAGE3,),
+    "textlogit": (STAGE3,),
+}
+#: Dequantization inputs (journal paper Sec. 4.6): method key -> stages that hold it, preferred first.
+DEQUANT = {
+    "jpeg": (STAGE5, STAGE4, "00_dataset"),
+    "dncnn": (STAGE5, STAGE4),
+    "ocr_guided": (STAGE5,),
+    "clean": (STAGE5, STAGE4, "00_dataset"),
+}
+
+#: The OCR used on text lines by every stage (00, 01, 02, 03 and here): EasyOCR's recognizer on the
+#: whole line (:func:`tficlib.ocr.read_lines`).  One place: :func:`line_reader`.
+LINE_READER = "read_lines"
+
+#: The papers' headline numbers (``/work/shared/papers``), one place.
+PAPER = {
+    "tfic_runtime_ms": {"encoder": (12.9, 1.8), "ocr": (24.1, 3.3), "ratio": 0.54},
+    "lai_bd_rate_cer": (-35.0, -30.0),  # percent, screenshots (Lai et al. Table 1)
+    "dequant_accuracy": {"jpeg": "< 5 %", "dncnn": "≈ 75 %", "ocr_guided": "≈ 90 %", "clean": "reference"},
+}
+
+
+def line_reader() -> Callable:
+    """The text-line OCR of every stage: :func:`tficlib.ocr.read_lines` (see :data:`LINE_READER`)."""
+    from . import ocr
+
+    return getattr(ocr, LINE_READER)
+
+
+# =========================================================================== stage results
+@dataclass
+class StageResults:
+    """Every stage's ``results.json`` that exists (``stages``) and why the others are missing."""
+
+    profile: str
+    stages: dict[str, dict] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)  # stage -> MissingArtifact / ArtifactError message
+
+    def method(self, key: str, stages: Sequence[str]) -> tuple[str | None, dict | None]:
+        """``(stage, entry)`` of method ``key`` from the first stage in ``stages`` that has it."""
+        for stage in stages:
+            entry = self.stages.get(stage, {}).get("methods", {}).get(key)
+            if isinstance(entry, Mapping):
+                return stage, dict(entry)
+        return None, None
+
+    def table(self, stage: str, key: str) -> dict | None:
+        return self.stages.get(stage, {}).get("tables", {}).get(key)
+
+    def notebook(self, stage: str) -> str:
+        return artifacts.NOTEBOOKS.get(stage, stage)
+
+    def report(self) -> str:
+        """One line per stage: found, or missing with the notebook to run."""
+        lines = []
+        for stage in list(self.stages) + [s for s in self.missing if s not in self.stages]:
+            if stage in self.stages:
+                methods = ", ".join(self.stages[stage].get("methods", {})) or "-"
+                lines.append(f"  found    {stage:26s} methods: {methods}")
+            else:
+                lines.append(f"  MISSING  {stage:26s} {self.missing[stage]}")
+        return "\n".join(lines)
+
+
+def load_results(cfg, stages: Sequence[str] = STAGES) -> StageResults:
+    """Read each stage's ``results.json``; missing or unreadable ones are recorded, not raised."""
+    out = StageResults(cfg.name)
+    for stage in stages:
+        try:
+            out.stages[stage] = artifacts.read_results(cfg, stage)
+        except (artifacts.MissingArtifact, artifacts.ArtifactError) as exc:
+            out.missing[stage] = str(exc)
+    return out
+
+
+# =========================================================================== test split and OCR
+def test_lines(cfg):
+    """The text-line test split as every stage evaluates it: the first ``cfg.eval.n_test`` lines.
+
+    Returns ``(images (N,3,H,W) float in [0,1], labels)``.  A missing dataset
+    raises :class:`MissingArtifact` naming notebooks/00_dataset.ipynb.
+    """
+    import torch
+
+    from .data import textlines
+
+    dataset = textlines.load_split(cfg, "test")
+    n = len(dataset) if cfg.eval.n_test is None else min(int(cfg.eval.n_test), len(dataset))
+    items = [dataset[i] for i in range(n)]
+    return torch.stack([x for x, _ in items]), [lab for _, lab in items]
+
+
+def read_in_chunks(reader: Callable, images, chunk: int = 16, desc: str | None = None) -> list[str]:
+    """``reader`` over ``images`` (tensor or list) in chunks, with a tqdm bar when ``desc`` is given."""
+    n = len(images)
+    starts = range(0, n, max(1, int(chunk)))
+    if desc:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, leave=False)
+    out: list[str] = []
+    for s in starts:
+        out += list(reader(images[s:s + chunk]))
+    if len(out) != n:
+        raise ValueError(f"the reader returned {len(out)} texts for {n} images")
+    return out
+
+
+def _scores(labels, preds) -> dict:
+    return metrics.text_metrics(labels, preds)
+
+
+def uncompressed_entry(images, labels, reader: Callable | None = None) -> dict:
+    """OCR of the original test lines (the horizontal line of every rate figure)."""
+    reader = reader or line_reader()
+    preds = read_in_chunks(reader, images)
+    return {"description": f"original test lines, EasyOCR {LINE_READER}", **_scores(labels, preds),
+            "preds": preds}
+
+
+# =========================================================================== classic codecs
+@dataclass
+class ClassicEvaluation:
+    """Classic-codec curves on the test lines.
+
+    ``methods[codec]``: the results.json entry (lists aligned by quality point:
+    ``quality``, ``bpp``, ``bytes`` (mean real bytes per image), ``accuracy``,
+    ``accuracy_ci``, ``cer``, ``wer``, ``psnr``; plus ``floor_bpp``).
+    ``preds[codec][k]``: the texts read at point ``k``; ``num_bytes[codec][k][i]``:
+    the real byte count of image ``i``; ``skipped``: codecs the installed
+    imagecodecs lacks, with the reason.
+    """
+
+    methods: dict[str, dict] = field(default_factory=dict)
+    preds: dict[str, list[list[str]]] = field(default_factory=dict)
+    num_bytes: dict[str, list[list[int]]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+
+
+def _signature(images, labels, codec: str, qualities, reader_name: str) -> dict:
+    import imagecodecs
+
+    arrays = baselines.to_uint8(images)
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(a.tobytes(), crc)
+    return {"codec": codec, "qualities": [float(q) for q in qualities], "n": len(arrays), "pixels_crc32": crc,
+            "labels_crc32": zlib.crc32("\n".join(labels).encode()), "reader": reader_name,
+            "imagecodecs": imagecodecs.__version__}
+
+
+def classic_curves(images, labels: Sequence[str], codecs: Sequence[str] | None = None,
+                   qualities: Mapping[str, Sequence[float]] | None = None, reader: Callable | None = None,
+                   cache_dir: str | Path | None = None, progress: bool = False) -> ClassicEvaluation:
+    """Sweep each classic codec over its quality grid and score every point with the line OCR.
+
+    ``images``: float (N,3,H,W) in [0,1]; ``labels``: the ground-truth lines.
+    ``qualities[codec]`` overrides a codec's default grid
+    (:data:`tficlib.baselines.CODECS`).  ``reader`` defaults to
+    :func:`line_reader`.  With ``cache_dir``, each codec's entry is stored in
+    ``<cache_dir>/classic_<codec>.json`` keyed by the images, labels, grid,
+    reader and imagecodecs version, and reused when all of them match.
+    """
+    import torch
+
+    labels = list(labels)
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    reader_name = LINE_READER if reader is None else getattr(reader, "__name__", "custom reader")
+    reader = reader or line_reader()
+    codecs = list(CLASSIC if codecs is None else codecs)
+    originals = images if isinstance(images, torch.Tensor) else baselines.to_float(images)
+    out = ClassicEvaluation()
+    for key in codecs:
+        note = baselines.skip_note(key)
+        if note:
+            out.skipped[key] = note
+            continue
+        grid = list((qualities or {}).get(key, baselines.CODECS[key].qualities))
+        sig = _signature(originals, labels, key, grid, reader_name)
+        cache = Path(cache_dir) / f"classic_{key}.json" if cache_dir else None
+        if cache is not None and cache.exists():
+            data = artifacts.read_json(cache)
+            if data.get("signature") == sig:
+                out.methods[key], out.preds[key], out.num_bytes[key] = data["entry"], data["preds"], data["num_bytes"]
+                out.cached.append(key)
+                continue
+        sw = baselines.sweep(key, originals, grid, keep=True, progress=progress)
+        entry = sw.methods_entry()
+        entry.update({k: [] for k in ("bytes", "accuracy", "accuracy_ci", "cer", "wer", "psnr")})
+        preds_k = []
+        for k in range(len(grid)):
+            recon = sw.as_float(k)
+            desc = f"{baselines.CODECS[key].label} {grid[k]}: OCR" if progress else None
+            preds = read_in_chunks(reader, recon, desc=desc)
+            scores = _scores(labels, preds)
+            for m in ("accuracy", "accuracy_ci", "cer", "wer"):
+                entry[m].append(scores[m])
+            entry["psnr"].append(metrics.psnr(recon, originals))
+            entry["bytes"].append(float(np.mean(sw.num_bytes[k])))
+            preds_k.append(preds)
+        entry["reader"] = LINE_READER if reader_name == LINE_READER else reader_name
+        out.methods[key], out.preds[key], out.num_bytes[key] = entry, preds_k, sw.num_bytes
+        if cache is not None:
+            artifacts.write_json(cache, {"signature": sig, "entry": entry, "preds": preds_k,
+                                         "num_bytes": sw.num_bytes})
+    return out
+
+
+# =========================================================================== learned codecs
+def _learned_eval(cfg, stage: str, path: Path, images, labels, device, reader: Callable | None) -> dict:
+    """Decoded test lines of one saved codec: ``bpp``, ``psnr``, ``preds`` (cached).
+
+    Stages 01/02 already evaluated their models with :func:`tficlib.tfic.evaluate_model`
+    on the same lines, so that cached evaluation is reused; other stages'
+    models are evaluated the same way and cached under
+    ``data/<profile>/06_evaluation/eval/<stage>/``.
+    """
+    import torch
+
+    from . import codec, tfic
+
+    items = list(zip(images, labels))
+    if stage in (STAGE1, STAGE2) and reader is None:
+        return tfic.evaluate_model(cfg, path, items, device, stage=stage)
+    sig = {"model_sha256": artifacts.sha256_file(path), "n": len(items),
+           "labels": zlib.crc32("\n".join(labels).encode())}
+    cache = cfg.stage_dir(STAGE) / "eval" / stage / f"{path.stem}.json"
+    if reader is None and cache.exists():
+        data = artifacts.read_json(cache)
+        if data.get("signature") == sig:
+            return data
+    model, _ = codec.load_model(path, stage=stage, device=device)
+    ev = codec.evaluate_codec(model, items, batch_size=cfg.eval.batch_size, keep_reconstructions=True,
+                              ms_ssim=False)
+    recon = torch.cat(ev["reconstructions"]).clamp(0, 1)
+    preds = read_in_chunks(reader or line_reader(), recon)
+    data = {"signature": sig, "model": str(path), "bpp": ev["mean"]["bpp"], "psnr": ev["mean"]["psnr"],
+            "preds": preds, "per_image_bpp": ev["bpp"]}
+    if reader is None:
+        artifacts.write_json(cache, data)
+    return data
+
+
+def learned_curves(cfg, loaded: StageResults, images, labels: Sequence[str], device="cpu",
+                   reader: Callable | None = None, progress: bool = False) -> tuple[dict[str, dict], list[str]]:
+    """The learned codecs' curves with the line CER/WER added; ``(methods, notes)``.
+
+    Each method's entry is its stage's (``bpp``, ``accuracy``, ``psnr`` ...
+    unchanged) plus ``cer``/``wer`` on the whole line for every rate point,
+    from the decoded images of the saved models
+    ``data/<profile>/<stage>/models/<method>_<k>.pt``.  A stage's own
+    ``cer``/``wer`` (Lai's region CER in 03) is kept as ``cer_lai``/``wer_lai``.
+    When a model file is missing or its real bpp disagrees with the stage's
+    (the model changed after the stage ran), the line CER is left out and a
+    note says why.
+    """
+    from . import tfic
+
+    labels = list(labels)
+    methods, notes = {}, []
+    for key, stages in LEARNED.items():
+        stage, entry = loaded.method(key, stages)
+        if entry is None:
+            if not any(s in loaded.stages for s in stages):
+                notes.append(f"{key}: stage {stages[0]} missing; run {loaded.notebook(stages[0])}")
+            else:
+                notes.append(f"{key}: not in the results of {', '.join(s for s in stages if s in loaded.stages)}")
+            continue
+        if not isinstance(entry.get("bpp"), list) or not entry["bpp"]:
+            notes.append(f"{key} ({stage}): no rate points")
+            continue
+        entry["source"] = stage
+        for m in ("cer", "wer"):
+            if m in entry:
+                entry[f"{m}_lai"] = entry.pop(m)
+        n = len(entry["bpp"])
+        paths = [tfic.model_path(cfg, stage, key, k) for k in range(n)]
+        absent = [p for p in paths if not p.exists()]
+        if absent:
+            notes.append(f"{key} ({stage}): line CER not computed, model file {absent[0]} missing "
+                         f"(re-run {loaded.notebook(stage)})")
+            methods[key] = entry
+            continue
+        cers, wers, mismatch = [], [], None
+        iterator = enumerate(paths)
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(list(iterator), desc=f"{key}: decode + OCR", leave=False)
+        for k, path in iterator:
+            ev = _learned_eval(cfg, stage, path, images, labels, device, reader)
+            stated = entry["bpp"][k]
+            if stated is not None and abs(ev["bpp"] - stated) > 0.01 * stated + 1e-6:
+                mismatch = (k, ev["bpp"], stated)
+                break
+            cers.append(metrics.mean_cer(labels, ev["preds"]))
+            wers.append(metrics.mean_wer(labels, ev["preds"]))
+        if mismatch:
+            k, got, stated = mismatch
+            notes.append(f"{key} ({stage}): model {paths[k].name} gives {got:.4f} bpp but the results say "
+                         f"{stated:.4f}; line CER left out (re-run {loaded.notebook(stage)})")
+        else:
+            entry["cer"], entry["wer"] = cers, wers
+        methods[key] = entry
+    return methods, notes
+
+
+def curve_methods(methods: Mapping[str, Mapping], metric: str = "accuracy") -> list[str]:
+    """Keys of the methods that are curves (a ``bpp`` list and a ``metric`` list, >= 1 finite point)."""
+    out = []
+    for key, entry in methods.items():
+        if not isinstance(entry, Mapping):
+            continue
+        r, q = entry.get("bpp"), entry.get(metric)
+        if isinstance(r, list) and isinstance(q, list) and len(r) == len(q) and any(
+                a is not None and b is not None for a, b in zip(r, q)):
+            out.append(key)
+    return out
+
+
+# =========================================================================== Bjøntegaard table
+def _clean(entry: Mapping, metric: str) -> tuple[list[float], list[float]]:
+    pts = [(float(r), float(q)) for r, q in zip(entry["bpp"], entry[metric])
+           if r is not None and q is not None and math.isfinite(float(r)) and math.isfinite(float(q)) and r > 0]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _bd(fn, ref: Mapping, test: Mapping, metric: str, **kwargs) -> metrics.BDResult:
+    if metric not in ref or metric not in test:
+        which = "reference" if metric not in ref else "test"
+        return metrics.BDResult(float("nan"), f"the {which} has no {metric}")
+    r1, q1 = _clean(ref, metric)
+    r2, q2 = _clean(test, metric)
+    if len(r1) < 2 or len(r2) < 2:
+        return metrics.BDResult(float("nan"), f"fewer than two {metric} points")
+    return fn(r1, q1, r2, q2, **kwargs)
+
+
+def bd_row(ref_key: str, ref: Mapping, test_key: str, test: Mapping) -> dict:
+    """BD-rate and BD-quality of ``test`` against ``ref`` on accuracy and on PSNR.
+
+    ``bd_rate_accuracy`` (%, negative = less rate for the same accuracy),
+    ``bd_accuracy`` (accuracy gain at equal rate), ``bd_rate_psnr`` (%) and
+    ``bd_psnr`` (dB); each ``None`` with a ``*_reason`` when not computable.
+    """
+    row = {"method": test_key, "reference": ref_key}
+    for name, fn, metric in (("bd_rate_accuracy", metrics.bd_rate_result, "accuracy"),
+                             ("bd_accuracy", metrics.bd_quality_result, "accuracy"),
+                             ("bd_rate_psnr", metrics.bd_rate_result, "psnr"),
+                             ("bd_psnr", metrics.bd_quality_result, "psnr")):
+        res = _bd(fn, ref, test, metric)
+        row[name] = res.value if res.ok else None
+        row[name + "_reason"] = res.reason
+    return row
+
+
+def best_classic(methods: Mapping[str, Mapping], anchor: str = "jpeg") -> tuple[str | None, dict[str, float | None]]:
+    """The classic codec that reads best at equal rate: highest BD-accuracy against ``anchor``.
+
+    Returns ``(key, scores)``; the anchor scores 0, codecs whose BD-accuracy
+    cannot be computed score ``None`` and are not chosen.  Falls back to the
+    first classic codec present as anchor when ``anchor`` is missing.
+    """
+    present = [k for k in CLASSIC if k in methods and k in curve_methods(methods)]
+    if not present:
+        return None, {}
+    if anchor not in present:
+        anchor = present[0]
+    scores: dict[str, float | None] = {}
+    for k in present:
+        if k == anchor:
+            scores[k] = 0.0
+            continue
+        res = _bd(metrics.bd_quality_result, methods[anchor], methods[k], "accuracy")
+        scores[k] = res.value if res.ok else None
+    best = max((k for k in present if scores[k] is not None), key=lambda k: scores[k])
+    return best, scores
+
+
+def comparison_table(methods: Mapping[str, Mapping], references: Sequence[str] = ("mse", "best_classic"),
+                     anchor: str = "jpeg") -> list[dict]:
+    """Every curve method against each reference (``"best_classic"``: :func:`best_classic`).
+
+    One row per (reference, method) with :func:`bd_row`'s columns; the
+    reference itself is left out of its own block.  A reference that is absent
+    gives no rows.
+    """
+    curves = curve_methods(methods)
+    rows = []
+    for ref in references:
+        ref_key = best_classic(methods, anchor)[0] if ref == "best_classic" else ref
+        if ref_key is None or ref_key not in curves:
+            continue
+        label = f"{ref_key} (best classic)" if ref == "best_classic" else ref_key
+        for key in curves:
+            if key != ref_key:
+                row = bd_row(label, methods[ref_key], key, methods[key])
+                rows.append(row)
+    return rows
+
+
+# =========================================================================== tables
+def _fmt(value, digits: int = 3, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:+.1f} %" if pct else f"{value:.{digits}f}"
+
+
+def runtime_table(loaded: StageResults) -> list[dict]:
+    """TFIC Table I: encoder and OCR time per image (mean ± std, ms), ours beside the paper's.
+
+    Ours come from notebook 02 (``tables.runtime_ms``); empty when 02 is missing.
+    """
+    rt = loaded.table(STAGE2, "runtime_ms")
+    if not rt:
+        return []
+    paper = PAPER["tfic_runtime_ms"]
+    rows = []
+    for what in ("encoder", "ocr"):
+        mean, std = (rt.get(what) or [None, None])[:2]
+        rows.append({"what": what, "mean_ms": mean, "std_ms": std, "paper_mean_ms": paper[what][0],
+                     "paper_std_ms": paper[what][1], "device": rt.get("device"), "n": rt.get("n"),
+                     "threads": rt.get("threads")})
+    enc, rec = rows[0]["mean_ms"], rows[1]["mean_ms"]
+    ratio = rt.get("ratio", enc / rec if enc and rec else None)
+    rows.append({"what": "encoder / OCR", "mean_ms": ratio, "std_ms": None, "paper_mean_ms": paper["ratio"],
+                 "paper_std_ms": None, "device": rt.get("device"), "n": rt.get("n"), "threads": rt.get("threads")})
+    return rows
+
+
+def dequant_table(loaded: StageResults) -> list[dict]:
+    """Journal paper Sec. 4.6: OCR accuracy on the test patches for JPEG / DnCNN / OCR-guided / clean.
+
+    Each row comes from the latest stage that has it (05, then 04, then 00 for
+    the inputs); ``None`` and the notebook to run when no stage has it.
+    """
+    rows = []
+    for key, stages in DEQUANT.items():
+        stage, entry = loaded.method(key, stages)
+        row = {"input": key, "paper": PAPER["dequant_accuracy"][key], "source": stage}
+        for m in ("accuracy", "accuracy_ci", "psnr"):
+            v = (entry or {}).get(m)
+            row[m] = v if not isinstance(v, list) else None
+        if entry is None:
+            row["missing"] = f"run {loaded.notebook(stages[-1])}"
+        rows.append(row)
+    return rows
+
+
+def _status(ok: bool | None, partly: bool = False) -> str:
+    if ok is None:
+        return "n/a"
+    return "reproduced" if ok else ("partly" if partly else "not reproduced")
+
+
+def _missing(loaded: StageResults, stage: str) -> str:
+    return f"missing: run {loaded.notebook(stage)}"
+
+
+def headline_table(results: StageResults | Mapping) -> list[dict]:
+    """The papers' headline numbers beside ours: ``paper, claim, paper_number, ours, profile, status``.
+
+    ``results``: a :class:`StageResults`, or the ``results.json`` of notebook 06
+    (its ``tables.headline`` is returned as is).  ``status`` is
+    ``reproduced`` / ``partly`` / ``not reproduced`` / ``missing: run …`` by
+    the rule written in each row's ``criterion``.
+    """
+    if not isinstance(results, StageResults):
+        table = results.get("tables", {}).get("headline")
+        if table is None:
+            raise ValueError("these results hold no 'headline' table (not notebook 06's results.json?)")
+        return list(table)
+    loaded = results
+    profile = loaded.profile
+    rows: list[dict] = []
+
+    def add(paper, claim, number, ours, status, criterion):
+        rows.append({"paper": paper, "claim": claim, "paper_number": number, "ours": ours, "profile": profile,
+                     "status": status, "criterion": criterion})
+
+    # TFIC (Della Fiore et al.): accuracy at low bpp, Fig. 3
+    tfic_paper = "TFIC (Della Fiore et al.)"
+    stage, tfic_entry = loaded.method("tfic", (STAGE2,))
+    _, unc = loaded.method("uncompressed", (STAGE2, STAGE1, "00_dataset"))
+    _, mse = loaded.method("mse", (STAGE2,))
+    claim = "TFIC reads as well as (above) the uncompressed images at low bpp (Fig. 3)"
+    number = "TFIC accuracy above uncompressed at low bpp"
+    if tfic_entry and unc and curve_methods({"tfic": tfic_entry}):
+        pts = [(b, a) for b, a in zip(tfic_entry["bpp"], tfic_entry["accuracy"]) if a is not None and b is not None]
+        best_b, best_a = max(pts, key=lambda p: (p[1], -p[0]))
+        u = unc["accuracy"]
+        ok = [b for b, a in pts if a >= u - 0.02]
+        ours = (f"best TFIC {best_a:.3f} at {best_b:.3f} bpp vs uncompressed {u:.3f}; "
+                + (f"within 0.02 of it from {min(ok):.3f} bpp" if ok else "never within 0.02"))
+        add(tfic_paper, claim, number, ours, _status(best_a >= u, partly=bool(ok)),
+            "reproduced: TFIC ≥ uncompressed at some rate; partly: within 0.02")
+    else:
+        add(tfic_paper, claim, number, "-", _missing(loaded, STAGE2), "")
+    # TFIC vs the MSE codec (Fig. 3 shape)
+    claim = "TFIC reads better than the MSE codec at equal rate (Fig. 3)"
+    if tfic_entry and mse:
+        res = _bd(metrics.bd_quality_result, mse, tfic_entry, "accuracy")
+        ours = f"BD-accuracy {_fmt(res.value)}" if res.ok else f"BD-accuracy n/a ({res.reason})"
+        add(tfic_paper, claim, "TFIC curve above MSE (no BD number given)", ours,
+            _status(res.value > 0) if res.ok else "n/a", "reproduced: BD-accuracy against the MSE codec > 0")
+    else:
+        add(tfic_paper, claim, "TFIC curve above MSE (no BD number given)", "-", _missing(loaded, STAGE2), "")
+    # TFIC Table I
+    p = PAPER["tfic_runtime_ms"]
+    number = (f"encoder {p['encoder'][0]}±{p['encoder'][1]} ms vs OCR {p['ocr'][0]}±{p['ocr'][1]} ms "
+              f"(ratio {p['ratio']})")
+    rt = loaded.table(STAGE2, "runtime_ms")
+    if rt and rt.get("encoder") and rt.get("ocr"):
+        ratio = rt.get("ratio", rt["encoder"][0] / rt["ocr"][0])
+        ours = (f"encoder {rt['encoder'][0]:.1f}±{rt['encoder'][1]:.1f} ms vs OCR {rt['ocr'][0]:.1f}±"
+                f"{rt['ocr'][1]:.1f} ms (ratio {ratio:.2f}) on {rt.get('device', '?')}")
+        add(tfic_paper, "the encoder costs less than the OCR it feeds (Table I)", number, ours,
+            _status(ratio < 1), "reproduced: encoder/OCR time ratio < 1 on the same device")
+    else:
+        add(tfic_paper, "the encoder costs less than the OCR it feeds (Table I)", number, "-",
+            _missing(loaded, STAGE2), "")
+    # Lai et al.: BD-rate on CER (Table 1)
+    lo, hi = PAPER["lai_bd_rate_cer"]
+    claim = "the text logit loss lowers CER at equal rate (Table 1, BD-rate on CER)"
+    number = f"{lo:.0f} % to {hi:.0f} % (screenshots)"
+    _, ref = loaded.method("reference", (STAGE3,))
+    _, tl = loaded.method("textlogit", (STAGE3,))
+    if ref and tl:
+        res = _bd(metrics.bd_rate_result, ref, tl, "cer", higher_is_better=False)
+        ours = f"BD-rate on CER {_fmt(res.value, pct=True)}" if res.ok else f"n/a ({res.reason})"
+        add("Lai et al. (text logit loss)", claim, number, ours,
+            _status(res.value <= hi, partly=res.value < 0) if res.ok else "n/a",
+            f"reproduced: ≤ {hi:.0f} %; partly: < 0 %")
+    else:
+        add("Lai et al. (text logit loss)", claim, number, "-", _missing(loaded, STAGE3), "")
+    # Journal paper Sec. 4.6
+    deq = {r["input"]: r for r in dequant_table(loaded)}
+    journal = "semantic preservation (journal, Sec. 4.6)"
+    jpeg, dncnn, guided = (deq[k].get("accuracy") for k in ("jpeg", "dncnn", "ocr_guided"))
+    specs = (
+        ("jpeg", "extreme JPEG is unreadable", jpeg is not None and jpeg < 0.05, False,
+         "reproduced: accuracy < 0.05", STAGE4),
+        ("dncnn", "DnCNN dequantization restores most of the text", dncnn is not None and dncnn >= 0.70,
+         dncnn is not None and jpeg is not None and dncnn > jpeg,
+         "reproduced: ≥ 0.70 (the paper's ≈ 0.75); partly: above JPEG", STAGE4),
+        ("ocr_guided", "OCR-guided refinement reads better than DnCNN", guided is not None and guided >= 0.85,
+         guided is not None and dncnn is not None and guided > dncnn,
+         "reproduced: ≥ 0.85 (the paper's ≈ 0.90); partly: above DnCNN", STAGE5),
+    )
+    for key, claim, ok, partly, criterion, stage in specs:
+        acc = deq[key].get("accuracy")
+        if acc is None:
+            add(journal, claim, PAPER["dequant_accuracy"][key], "-", _missing(loaded, stage), "")
+            continue
+        add(journal, claim, PAPER["dequant_accuracy"][key], f"{100 * acc:.1f} % (from {deq[key]['source']})",
+            _status(ok, partly), criterion)
+    return rows
+
+
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """A GitHub markdown table of ``rows`` (dicts); ``columns`` default to the first row's keys.
+
+    Floats get ``digits`` decimals, ``None`` becomes ``n/a``, ``|`` in text is escaped.
+    """
+    rows = list(rows)
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.{digits}f}"
+        if isinstance(v, (list, tuple)):
+            return ", ".join(cell(x) for x in v)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# =========================================================================== figures
+#: Line styles: learned codecs solid and thick, classic codecs thin and dashed.
+STYLES = {
+    "mse": {"color": "tab:blue", "linewidth": 2},
+    "tfic": {"color": "tab:red", "linewidth": 2},
+    "textlogit": {"color": "tab:green", "linewidth": 2},
+    "reference": {"color": "tab:olive", "linewidth": 1.5, "linestyle": ":"},
+    **{k: {"linewidth": 1, "linestyle": "--", "markersize": 3, "color": c}
+       for k, c in zip(CLASSIC, ("tab:gray", "tab:purple", "tab:brown", "tab:pink", "tab:cyan"))},
+}
+
+
+def rate_figure(methods: Mapping[str, Mapping], metric: str = "accuracy", title: str | None = None,
+                logx: bool = True, shade_floor: bool = True):
+    """One rate–``metric`` figure of every method (single numbers as horizontal lines).
+
+    Classic codecs are labelled with their lowest measured rate; with
+    ``shade_floor`` the rates below every classic codec's lowest point are
+    shaded (the codecs cannot get there: :func:`tficlib.baselines.rate_floors`).
+    Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    labels = {}
+    lowest = []
+    for k in CLASSIC:
+        e = methods.get(k)
+        if e and isinstance(e.get("bpp"), list) and e["bpp"]:
+            low = min(b for b in e["bpp"] if b is not None)
+            lowest.append(low)
+            labels[k] = f"{plots.METHOD_LABELS.get(k, k)} (≥ {low:.2f} bpp)"
+    if "reference" in methods:
+        labels["reference"] = "reference (same steps, κ = 0)"
+    drawn = plots.rate_curves(ax, methods, metric=metric, labels=labels, styles=STYLES, logx=logx, title=title,
+                              legend=False)
+    if shade_floor and lowest:
+        lo = ax.get_xlim()[0]
+        ax.axvspan(lo, min(lowest), color="0.85", alpha=0.5, zorder=0,
+                   label=f"below every classic codec ({min(lowest):.2f} bpp)")
+        ax.set_xlim(left=lo)
+    if drawn:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def dequant_figure(rows: Sequence[Mapping]):
+    """Bar chart of :func:`dequant_table`: OCR accuracy per input, the paper's values as markers."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    paper_values = {"jpeg": 0.05, "dncnn": 0.75, "ocr_guided": 0.90}
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    names = [plots.METHOD_LABELS.get(r["input"], r["input"]) for r in rows]
+    values = [r.get("accuracy") if r.get("accuracy") is not None else 0.0 for r in rows]
+    bars = ax.bar(names, values, color=["tab:gray", "tab:blue", "tab:red", "tab:green"][:len(rows)])
+    for bar, r in zip(bars, rows):
+        text = "missing" if r.get("accuracy") is None else f"{r['accuracy']:.2f}"
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    fontsize=8)
+    xs = [i for i, r in enumerate(rows) if r["input"] in paper_values]
+    ax.plot(xs, [paper_values[rows[i]["input"]] for i in xs], "k_", markersize=28, mew=2,
+            label="paper (JPEG: upper bound 0.05)")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("OCR accuracy (test patches)")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
