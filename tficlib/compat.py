@@ -15,7 +15,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import warnings
 
 __all__ = ["EnvironmentProblem", "check_environment", "patch_pillow_getsize"]
 
@@ -38,9 +41,16 @@ def patch_pillow_getsize() -> None:
 
 
 def import_trdg():
-    """Import trdg's generators after applying the Pillow shim."""
+    """Import trdg's generators after applying the Pillow shim.
+
+    trdg prints "Missing modules for handwritten text generation." (it looks for
+    TensorFlow, which only its handwriting model needs) and arabic_reshaper warns
+    that pkg_resources is deprecated: both are silenced here, nothing else.
+    """
     patch_pillow_getsize()
-    return importlib.import_module("trdg.generators")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        return importlib.import_module("trdg.generators")
 
 
 def check_environment() -> None:
@@ -51,7 +61,9 @@ def check_environment() -> None:
     except ImportError:
         problems.append("python-bidi >= 0.5 is required by EasyOCR (`from bidi import get_display` failed)")
     try:
-        import pkg_resources  # noqa: F401
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            import pkg_resources  # noqa: F401
     except ImportError:
         problems.append("pkg_resources is missing (arabic_reshaper needs it): install setuptools < 81")
     try:
