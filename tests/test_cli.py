@@ -1,7 +1,7 @@
 """Command line codec commands (issue 7): compress -> info -> decompress -> ocr, bad inputs.
 
-A tiny untrained-but-updated codec (N=M=16) is enough for the format: it is saved under
-the smoke profile's model folder of a temporary data directory.
+A tiny codec (N=M=16) trained for a few steps with the project's own training loop is
+saved under the smoke profile's model folder of a temporary data directory.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tficlib import cli_codec, codec, config
+from tficlib import cli_codec, codec, config, train
 from tficlib.__main__ import main
 
 torch.set_num_threads(1)
@@ -27,7 +27,11 @@ def env(tmp_data, monkeypatch):
     monkeypatch.setenv("TFIC_PROFILE", "smoke")
     cfg = config.resolve("smoke")
     torch.manual_seed(0)
-    model = codec.build_model("bmshj2018-hyperprior", 16, 16)
+    g = torch.Generator().manual_seed(0)
+    lines = [(torch.rand(3, 64, 64, generator=g), "x") for _ in range(4)]
+    model = train.train(codec.build_model("bmshj2018-hyperprior", 16, 16), train.rate_distortion_objective(0.01),
+                        lines, steps=3, checkpoint=tmp_data / "tiny.ckpt", batch_size=2, lr=1e-3,
+                        aux_steps=2, progress=False).model
     ckpt = cli_codec.default_checkpoint(cfg, "tfic", 0)
     codec.save_model(ckpt, model, {"method": "tfic", "rate_index": 0})
     rng = np.random.default_rng(0)
