@@ -12,7 +12,7 @@ Trained models are found by a naming convention (:func:`default_checkpoint`):
 (``mse``), 02_tfic_ocr_finetuning (``tfic``) or 03_text_logit_training
 (``textlogit``), saved by :func:`tficlib.codec.save_model`; ``k`` is the index
 of the rate point in that stage's grid (``cfg.codec.lambdas`` for mse,
-``cfg.tfic.gammas`` for tfic, ``cfg.textlogit.kappas`` for textlogit), i.e.
+``cfg.tfic.gammas`` for tfic, ``cfg.codec.lambdas`` for textlogit at κ = 0.1), i.e.
 the position in the method's lists of ``results.json``.
 
 Inputs: PNG, JPEG or TIFF of any size; grayscale and palette images become

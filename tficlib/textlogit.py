@@ -1,0 +1,905 @@
+"""The text logit loss of Lai, Tran, Koishida: regions, cached logits, region filter, CER/WER.
+
+*Learned Image Compression with Text Quality Enhancement* (Lai et al.) adds a
+text term to the rate–distortion loss (Eq. 5, Algorithm 1)::
+
+    L = R(ŷ) + R(ẑ) + λ·D(x, x̂) + κ·J(x, x̂),   J(x, x̂) = (1/n) Σ_i ‖v_i − v̂_i‖²  (Eq. 4)
+
+with B = TextRegion(x) the text boxes of the *original* image (Eq. 1),
+b_i = B_i(x), b̂_i = B_i(x̂) crops at the same place (Eq. 2) and
+v_i = Recognize(b_i), v̂_i = Recognize(b̂_i) the recognizer's logits (Eq. 3).
+
+Our choices (each written down where it is implemented):
+
+* **TextRegion** = EasyOCR's CRAFT (as in the paper, Sec. 3.2) through
+  :func:`tficlib.ocr.detect_boxes` with ``width_ths=0`` (:data:`DETECT_KWARGS`)
+  so that EasyOCR does not merge the words of a line: one region per word,
+  as the paper's WER procedure assumes ("each valid text region corresponds
+  to one word", Sec. 3.3).
+* **Recognize** = the frozen EasyOCR ``english_g2`` recognizer
+  (:func:`tficlib.ocr.get_recognizer`).  The paper used PARSeq, which is not
+  available offline.  v_i are its **pre-softmax CTC logits**, (T_i, 97): one
+  row per time step (T_i = W'/4 − 1 for the crop's padded width W'), one
+  column per class (CTC blank + 96 characters).  Each crop is resized to
+  height 64 keeping its aspect (:func:`tficlib.ocr.crop_boxes`) and padded on
+  the right by repeating its last column to EasyOCR's width
+  ``ceil(max(w/64, 64/w))·64`` (:func:`bucket_width`), exactly what the
+  recognizer does to one crop on its own; crops of equal padded width are
+  recognized in one batch.
+* **‖·‖²** is the *mean* squared difference over the T_i × 97 entries (the
+  paper: "the mean squared value of the text logit difference"), so J is
+  independent of the crop width and of the number of classes, and κ = 0.1
+  weighs a per-entry squared logit error against bpp and λ·255²·MSE.
+  J_k = (1/n_k) Σ_i of that over the n_k kept regions of image k;
+  J_k = 0 for an image without kept region (it contributes no text term);
+  the batch value is the mean of J_k over the m images (Algorithm 1 divides
+  the whole loss by m).
+* **Caching** (Sec. 2.2): B and v_i of the originals are computed once per
+  dataset split (:func:`region_cache`), so training runs the recognizer only
+  on x̂.  The cache records the sha256 of the split's manifest; a cache made
+  for another dataset is rebuilt.
+* **Region filter** (Eq. 6): median(c) ≥ m_min and stdev(c) ≤ σ_max, where c
+  are the *maximum logits of the time steps whose arg-max is not the blank*
+  (the per-character confidences; PARSeq has one step per character, a CTC
+  model has blank steps between characters).  The paper's m_min = 14.2,
+  σ_max = 2 were calibrated for PARSeq; :func:`derive_thresholds` re-derives
+  them for EasyOCR from the training split.  A region where nothing is read
+  (all steps blank) is dropped.
+* **CER/WER** (Eq. 7, Sec. 3.3): the reference text of a region is what the
+  recognizer reads in the original's crop, the prediction what it reads in
+  the reconstruction's crop at the same box; S, D, I, C are pooled over an
+  image's kept regions, then averaged over images (images without a kept
+  region are left out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import artifacts
+
+__all__ = [
+    "CACHE_FORMAT",
+    "DETECT_KWARGS",
+    "PAPER_THRESHOLDS",
+    "STAGE",
+    "IndexedLines",
+    "RegionCache",
+    "Thresholds",
+    "bucket_width",
+    "build_region_cache",
+    "cache_path",
+    "collate_indexed",
+    "curve",
+    "bd_tables",
+    "kappa_sweep",
+    "loss_scale",
+    "plot_kappa_sweep",
+    "plot_rate_text",
+    "run_seed",
+    "thresholds_for",
+    "train_curves",
+    "Run",
+    "confidence_stats",
+    "derive_thresholds",
+    "evaluate",
+    "finetune",
+    "kappa_method",
+    "gap_to_curve",
+    "load_region_cache",
+    "pick_examples",
+    "save_region_cache",
+    "plot_confidence_histogram",
+    "recognize_regions",
+    "region_correct",
+    "region_error_rates",
+    "region_filter",
+    "region_logits",
+    "region_cache",
+    "text_logit_objective",
+]
+
+STAGE = "03_text_logit_training"
+CACHE_FORMAT = "tficlib-textlogit-regions-1"
+#: EasyOCR ``detect`` options for TextRegion(x): no horizontal merging, one box per word.
+DETECT_KWARGS: dict[str, Any] = {"width_ths": 0.0}
+#: The paper's Eq. 6 thresholds, calibrated for PARSeq's logits (Sec. 3.2).
+PAPER_THRESHOLDS = {"m_min": 14.2, "sigma_max": 2.0}
+#: bumped when the region evaluation changes, so cached evaluations are recomputed
+EVAL_VERSION = 2
+
+
+# --------------------------------------------------------------------------- Eq. 2-3: logits of regions
+def bucket_width(width: int, height: int = 64) -> int:
+    """EasyOCR's padded width for a crop ``height`` × ``width``: ``ceil(max(w/h, h/w))·h``.
+
+    ``NormalizePAD`` in EasyOCR (and :meth:`tficlib.ocr.Recognizer.preprocess`)
+    pads a single crop on the right to this width; crops sharing it can be
+    recognized in one batch with identical results.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"crop size must be positive, got {height}x{width}")
+    ratio = width / height
+    return math.ceil(max(ratio, 1.0 / ratio)) * height
+
+
+def _recognize_crops(crops: list[torch.Tensor], recognizer) -> list[torch.Tensor]:
+    """Recognizer logits (T_i, 97) of each (1, 3, 64, w_i) crop, batched by padded width."""
+    out: list[torch.Tensor | None] = [None] * len(crops)
+    groups: dict[int, list[int]] = {}
+    height = recognizer.height
+    for i, c in enumerate(crops):
+        groups.setdefault(bucket_width(c.shape[-1], height), []).append(i)
+    for width, idx in sorted(groups.items()):
+        batch = torch.cat([F.pad(crops[i], (0, width - crops[i].shape[-1], 0, 0), mode="replicate")
+                           for i in idx])
+        logits = recognizer(batch)
+        for j, i in enumerate(idx):
+            out[i] = logits[j]
+    return out  # type: ignore[return-value]
+
+
+def region_logits(x: torch.Tensor, boxes: Sequence[Sequence], recognizer=None) -> list[list[torch.Tensor]]:
+    """v_i = Recognize(B_i(x)) for every box of every image (Lai et al. Eq. 2-3).
+
+    ``x`` (B, 3, H, W) float in [0, 1]; ``boxes`` one list of (x0, y0, x1, y1)
+    per image.  Returns, per image, a list of pre-softmax CTC logits (T_i, 97),
+    differentiable w.r.t. ``x`` when autograd is on.  ``recognizer`` defaults
+    to the frozen EasyOCR recognizer on ``x``'s device.
+    """
+    from . import ocr
+
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"region_logits expects images (B, 3, H, W), got {getattr(x, 'shape', type(x))}")
+    if len(boxes) != x.shape[0]:
+        raise ValueError(f"region_logits: {len(boxes)} box lists for {x.shape[0]} images")
+    recognizer = recognizer or ocr.get_recognizer(x.device)
+    counts = [len(b) for b in boxes]
+    if sum(counts) == 0:
+        return [[] for _ in boxes]
+    crops = ocr.crop_boxes(x, [list(b) for b in boxes], height=recognizer.height)
+    flat = _recognize_crops(crops, recognizer)
+    out, k = [], 0
+    for n in counts:
+        out.append(flat[k:k + n])
+        k += n
+    return out
+
+
+# --------------------------------------------------------------------------- Eq. 6: region filter
+def confidence_stats(v: torch.Tensor) -> tuple[float, float]:
+    """(median, stdev) of the per-character confidences of logits ``v`` (T, 97) (Eq. 6).
+
+    The confidences are the maximum logits of the time steps whose arg-max is
+    not the CTC blank (class 0).  The median of an even count is the mean of
+    the two middle values; stdev is the sample standard deviation (0 for a
+    single step).  A region with no non-blank step reads nothing:
+    ``(-inf, inf)``, which every filter drops.
+    """
+    if not isinstance(v, torch.Tensor) or v.dim() != 2:
+        raise ValueError(f"confidence_stats expects logits (T, C), got {getattr(v, 'shape', type(v))}")
+    best, arg = v.detach().float().max(dim=1)
+    c = best[arg != 0].cpu().tolist()
+    if not c:
+        return float("-inf"), float("inf")
+    return float(statistics.median(c)), float(statistics.stdev(c)) if len(c) > 1 else 0.0
+
+
+def region_filter(median, stdev, m_min: float, sigma_max: float) -> np.ndarray:
+    """Eq. 6: keep a region iff median(v) ≥ m_min and stdev(v) ≤ σ_max (boolean array)."""
+    m = np.asarray(median, dtype=float)
+    s = np.asarray(stdev, dtype=float)
+    if m.shape != s.shape:
+        raise ValueError(f"median and stdev differ in shape: {m.shape} vs {s.shape}")
+    return (m >= m_min) & (s <= sigma_max)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Eq. 6 thresholds and how they were obtained."""
+
+    m_min: float
+    sigma_max: float
+    source: str  # "derived" (from a training split) or "fixed"
+    quantile: float | None = None
+    n_regions: int = 0  # regions the derivation saw
+    n_calibration: int = 0  # regions it used (the correctly read ones, or all)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def region_correct(text: str, label: str) -> bool:
+    """Whether a region's recognized ``text`` is a word of ``label`` (or a run of its words).
+
+    Used to calibrate Eq. 6 on the training split, where the ground-truth
+    line is known: a region the recognizer reads correctly on the original
+    image is a region whose logits J should preserve.
+    """
+    t = " ".join(text.split())
+    if not t:
+        return False
+    words = label.split()
+    for i in range(len(words)):
+        for j in range(i + 1, len(words) + 1):
+            if " ".join(words[i:j]) == t:
+                return True
+    return False
+
+
+def derive_thresholds(median, stdev, correct=None, quantile: float = 0.05) -> Thresholds:
+    """Re-derive Eq. 6's (m_min, σ_max) for our recognizer from a training split.
+
+    The paper's m_min = 14.2, σ_max = 2 are PARSeq-specific.  We keep the same
+    rule and calibrate its thresholds on the distribution of the training
+    regions: among the regions read correctly on the original (``correct``;
+    all regions that read something when it is None or selects none),
+    m_min is the ``quantile`` quantile of the median confidence and σ_max the
+    ``1 − quantile`` quantile of the stdev, i.e. each rule alone drops about
+    ``quantile`` of the well-read regions and whatever is less confident.
+    """
+    if not 0.0 <= quantile < 0.5:
+        raise ValueError(f"quantile must be in [0, 0.5), got {quantile}")
+    m = np.asarray(median, dtype=float)
+    s = np.asarray(stdev, dtype=float)
+    if m.shape != s.shape:
+        raise ValueError(f"median and stdev differ in shape: {m.shape} vs {s.shape}")
+    readable = np.isfinite(m) & np.isfinite(s)
+    use = readable
+    if correct is not None:
+        c = np.asarray(correct, dtype=bool)
+        if c.shape != m.shape:
+            raise ValueError(f"correct has shape {c.shape}, expected {m.shape}")
+        if (c & readable).any():
+            use = c & readable
+    if not use.any():
+        raise ValueError("derive_thresholds: no region with a readable text to calibrate on")
+    return Thresholds(
+        m_min=float(np.quantile(m[use], quantile)),
+        sigma_max=float(np.quantile(s[use], 1.0 - quantile)),
+        source="derived", quantile=float(quantile), n_regions=int(m.size), n_calibration=int(use.sum()),
+    )
+
+
+# --------------------------------------------------------------------------- the cache (Sec. 2.2)
+@dataclass
+class RegionCache:
+    """Boxes B, logits v_i, confidences and texts of the original images of one split.
+
+    Regions are stored flat (``R`` of them) in reading order, image after
+    image: ``image_index[r]`` is the image, ``boxes[r]`` (x0, y0, x1, y1),
+    ``logits[offsets[r]:offsets[r+1]]`` the (T_r, 97) logits v_r,
+    ``median``/``stdev`` the Eq. 6 statistics, ``texts[r]`` the greedy-decoded
+    reading.  ``kept`` (Eq. 6) is set by :meth:`apply`.
+    """
+
+    split: str
+    manifest_sha256: str
+    n_images: int
+    image_index: torch.Tensor
+    boxes: torch.Tensor
+    offsets: torch.Tensor
+    logits: torch.Tensor
+    median: torch.Tensor
+    stdev: torch.Tensor
+    texts: list[str]
+    labels: list[str]
+    kept: torch.Tensor | None = None
+    thresholds: Thresholds | None = None
+
+    def __post_init__(self):
+        self._by_image: list[list[int]] = [[] for _ in range(self.n_images)]
+        for r, i in enumerate(self.image_index.tolist()):
+            self._by_image[i].append(r)
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.image_index.numel())
+
+    def regions_of(self, image: int, kept_only: bool = True) -> list[int]:
+        """Region ids of ``image`` (kept ones only, once :meth:`apply` was called)."""
+        rs = self._by_image[image]
+        if kept_only and self.kept is not None:
+            rs = [r for r in rs if bool(self.kept[r])]
+        return rs
+
+    def region_logits(self, r: int) -> torch.Tensor:
+        return self.logits[int(self.offsets[r]):int(self.offsets[r + 1])]
+
+    def correct(self) -> np.ndarray:
+        """Per region: read correctly on the original (:func:`region_correct` against its line's label)."""
+        return np.array([region_correct(t, self.labels[i]) for t, i in zip(self.texts, self.image_index.tolist())],
+                        dtype=bool)
+
+    def apply(self, thresholds: Thresholds) -> RegionCache:
+        """Set ``kept`` by Eq. 6 with ``thresholds``; returns self."""
+        self.kept = torch.from_numpy(region_filter(self.median.numpy(), self.stdev.numpy(),
+                                                   thresholds.m_min, thresholds.sigma_max))
+        self.thresholds = thresholds
+        return self
+
+    def batch(self, images: Sequence[int], device=None) -> tuple[list[list[tuple]], list[list[torch.Tensor]]]:
+        """Kept boxes and cached logits v_i of ``images``: ``(boxes per image, v per image)``."""
+        boxes, targets = [], []
+        for i in images:
+            rs = self.regions_of(int(i))
+            boxes.append([tuple(int(v) for v in self.boxes[r].tolist()) for r in rs])
+            targets.append([self.region_logits(r).to(device) if device is not None else self.region_logits(r)
+                            for r in rs])
+        return boxes, targets
+
+    def reference_texts(self, images: Sequence[int] | None = None) -> list[list[str]]:
+        """Per image, the texts read in its kept regions of the original (the Eq. 7 reference)."""
+        images = range(self.n_images) if images is None else images
+        return [[self.texts[r] for r in self.regions_of(int(i))] for i in images]
+
+    def summary(self) -> dict:
+        """Counts for a notebook table."""
+        kept = int(self.kept.sum()) if self.kept is not None else None
+        with_region = sum(1 for i in range(self.n_images) if self.regions_of(i))
+        return {"split": self.split, "images": self.n_images, "regions": self.n_regions,
+                "regions_per_image": self.n_regions / max(1, self.n_images), "kept_regions": kept,
+                "images_with_kept_region": with_region,
+                "correct_on_original": float(self.correct().mean()) if self.n_regions else float("nan")}
+
+    def state(self) -> dict:
+        return {"image_index": self.image_index, "boxes": self.boxes, "offsets": self.offsets,
+                "logits": self.logits, "median": self.median, "stdev": self.stdev,
+                "texts": list(self.texts), "labels": list(self.labels)}
+
+
+def build_region_cache(dataset, split: str = "train", manifest_sha256: str = "", n_images: int | None = None,
+                       device=None, progress: bool = True, detect_kwargs: dict | None = None) -> RegionCache:
+    """TextRegion and Recognize on the originals (Eq. 1-3), once (Sec. 2.2).
+
+    ``dataset[i] -> (image (3, H, W) float in [0, 1], label)``; the first
+    ``n_images`` items (all when None).  Boxes come from CRAFT
+    (:func:`tficlib.ocr.detect_boxes` with :data:`DETECT_KWARGS`), logits from
+    :func:`region_logits` without gradient.
+    """
+    from . import ocr
+
+    n = len(dataset) if n_images is None else min(int(n_images), len(dataset))
+    if n <= 0:
+        raise ValueError("build_region_cache: no image to cache")
+    kwargs = dict(DETECT_KWARGS if detect_kwargs is None else detect_kwargs)
+    dev = torch.device(device) if device is not None else None
+    recognizer = ocr.get_recognizer(dev)
+    it = range(n)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"TextRegion + Recognize on {split} originals")
+    image_index, boxes, texts, chunks, medians, stdevs, labels = [], [], [], [], [], [], []
+    for i in it:
+        x, label = dataset[i]
+        labels.append(label)
+        bxs = ocr.detect_boxes(x, device=dev, **kwargs)
+        if not bxs:
+            continue
+        with torch.no_grad():
+            (vs,) = region_logits(x.unsqueeze(0).to(recognizer.device), [bxs], recognizer)
+        for b, v in zip(bxs, vs):
+            v = v.float().cpu()
+            m, s = confidence_stats(v)
+            image_index.append(i)
+            boxes.append(b)
+            chunks.append(v)
+            medians.append(m)
+            stdevs.append(s)
+        texts += [ocr.greedy_decode(v[None].cpu())[0] for v in vs]
+    lengths = [c.shape[0] for c in chunks]
+    offsets = torch.zeros(len(chunks) + 1, dtype=torch.long)
+    if lengths:
+        offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0)
+    return RegionCache(
+        split=split, manifest_sha256=manifest_sha256, n_images=n,
+        image_index=torch.tensor(image_index, dtype=torch.long),
+        boxes=torch.tensor(boxes, dtype=torch.int32).reshape(-1, 4),
+        offsets=offsets,
+        logits=torch.cat(chunks) if chunks else torch.zeros(0, ocr.NUM_CLASSES),
+        median=torch.tensor(medians, dtype=torch.float64),
+        stdev=torch.tensor(stdevs, dtype=torch.float64),
+        texts=texts, labels=labels,
+    )
+
+
+def cache_path(cfg, split: str) -> Path:
+    """``data/<profile>/03_text_logit_training/cache/regions_<split>.pt``."""
+    return cfg.stage_dir(STAGE) / "cache" / f"regions_{split}.pt"
+
+
+def save_region_cache(path, cache: RegionCache, meta: dict | None = None) -> Path:
+    """Atomic save (tensors, strings and numbers only: loads with ``weights_only=True``)."""
+    full = {"format": CACHE_FORMAT, "split": cache.split, "manifest_sha256": cache.manifest_sha256,
+            "n_images": cache.n_images, "detect_kwargs": DETECT_KWARGS, **(meta or {})}
+    return artifacts.save_checkpoint(path, cache.state(), full)
+
+
+def load_region_cache(path) -> tuple[RegionCache, dict]:
+    """Load a cache written by :func:`save_region_cache` (no pickled code runs)."""
+    payload = artifacts.load_checkpoint(path)
+    meta = payload["meta"]
+    if meta.get("format") != CACHE_FORMAT:
+        raise artifacts.ArtifactError(f"{path} is not a text-logit region cache ({CACHE_FORMAT})")
+    st = payload["state"]
+    cache = RegionCache(split=meta["split"], manifest_sha256=meta["manifest_sha256"], n_images=int(meta["n_images"]),
+                        image_index=st["image_index"], boxes=st["boxes"], offsets=st["offsets"],
+                        logits=st["logits"], median=st["median"], stdev=st["stdev"],
+                        texts=list(st["texts"]), labels=list(st["labels"]))
+    return cache, meta
+
+
+def region_cache(cfg, split: str, n_images: int | None = None, device=None, force: bool = False,
+                 progress: bool = True) -> RegionCache:
+    """The region cache of ``split`` (first ``n_images`` images), built once and reused.
+
+    Reused only if it was made from the same dataset (sha256 of the split's
+    ``manifest.json``), for the same number of images and detector settings;
+    otherwise rebuilt and written atomically to :func:`cache_path`.
+    """
+    from .data import textlines
+
+    dataset = textlines.load_split(cfg, split)
+    manifest_sha = artifacts.sha256_file(textlines.manifest_path(cfg, split))
+    n = len(dataset) if n_images is None else min(int(n_images), len(dataset))
+    path = cache_path(cfg, split)
+    if path.exists() and not force:
+        try:
+            cache, meta = load_region_cache(path)
+        except artifacts.ArtifactError:
+            cache, meta = None, {}
+        if (cache is not None and meta.get("manifest_sha256") == manifest_sha and cache.n_images == n
+                and meta.get("detect_kwargs") == DETECT_KWARGS):
+            return cache
+        if progress:
+            print(f"{path.name}: made for another dataset or settings; rebuilding")
+    cache = build_region_cache(dataset, split, manifest_sha, n, device=device, progress=progress)
+    save_region_cache(path, cache)
+    return cache
+
+
+def plot_confidence_histogram(cache: RegionCache, thresholds: Thresholds, bins: int = 40):
+    """Histograms of Eq. 6's statistics over a split's regions, with the thresholds (a figure)."""
+    import matplotlib.pyplot as plt
+
+    m, s = cache.median.numpy(), cache.stdev.numpy()
+    ok = np.isfinite(m) & np.isfinite(s)
+    correct = cache.correct()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, values, thr, name, rule in ((axes[0], m, thresholds.m_min, "median of max logit", "m_min"),
+                                        (axes[1], s, thresholds.sigma_max, "stdev of max logit", "σ_max")):
+        edges = np.histogram_bin_edges(values[ok], bins=bins) if ok.any() else bins
+        ax.hist(values[ok & correct], bins=edges, alpha=0.7, label="read correctly on x")
+        ax.hist(values[ok & ~correct], bins=edges, alpha=0.7, label="misread on x")
+        ax.axvline(thr, color="k", linestyle="--", label=f"{rule} = {thr:.2f}")
+        ax.set_xlabel(name + " (non-blank steps)")
+        ax.set_ylabel("regions")
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"Eq. 6 statistics of EasyOCR logits, {cache.split} split ({cache.n_regions} CRAFT regions)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- Eq. 4-5: training
+class IndexedLines(torch.utils.data.Dataset):
+    """``dataset[i]`` → ``(image, label, i)`` for ``i < n``: training items that know their cache entry."""
+
+    def __init__(self, dataset, n: int | None = None):
+        self.dataset = dataset
+        self.n = len(dataset) if n is None else min(int(n), len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} items")
+        image, label = self.dataset[i]
+        return image, label, i
+
+
+def collate_indexed(items):
+    """``[(image, label, i)]`` → ``(images (B,3,H,W), labels, indices (B,))``."""
+    images, labels, idx = zip(*items)
+    return torch.stack(images), list(labels), torch.tensor(idx, dtype=torch.long)
+
+
+def text_logit_objective(lmbda: float, kappa: float, cache: RegionCache | None = None, ste: bool = True):
+    """Eq. 5 for :func:`tficlib.train.train`: L = R(ŷ) + R(ẑ) + λ·255²·MSE(x, x̂) + κ·J(x, x̂).
+
+    D is CompressAI's λ·255²·MSE (the stage-1 loss), so κ = 0 is the
+    reference run (stage 1 continued).  ``batch = (images, labels, indices)``
+    (:class:`IndexedLines`); the cached boxes and v_i of the batch's originals
+    come from ``cache`` (with its Eq. 6 filter applied), and the recognizer
+    runs on x̂ only.  With ``ste=True`` both the reference and the J run decode
+    *rounded* latents through the straight-through estimator
+    (:func:`tficlib.train.forward_ste`), the reconstruction the real decoder
+    makes; the rate keeps the noisy-latent likelihoods.
+    """
+    from .losses import rate_bpp, text_logit_loss
+    from .train import forward_ste
+
+    if lmbda < 0 or kappa < 0:
+        raise ValueError(f"λ and κ must be >= 0, got λ={lmbda}, κ={kappa}")
+    if kappa > 0 and (cache is None or cache.kept is None):
+        raise ValueError("κ > 0 needs a region cache with its Eq. 6 filter applied (RegionCache.apply)")
+
+    def objective(model, batch):
+        x, _labels, idx = batch
+        out = forward_ste(model, x) if ste else model(x)
+        n, _, h, w = x.shape
+        bpp = rate_bpp(out["likelihoods"], n * h * w)
+        mse = F.mse_loss(out["x_hat"], x)
+        loss = bpp + lmbda * 255**2 * mse
+        terms = {"bpp": bpp, "mse": mse,
+                 "psnr": 10 * math.log10(1.0 / max(F.mse_loss(out["x_hat"].detach().clamp(0, 1), x).item(), 1e-10))}
+        if kappa > 0:
+            boxes, targets = cache.batch(idx.tolist(), device=x.device)
+            j = text_logit_loss(out["x_hat"], boxes, targets)
+            loss = loss + kappa * j
+            terms["J"] = j
+        terms["loss"] = loss
+        return terms
+
+    objective.name = f"textlogit(lambda={lmbda:g}, kappa={kappa:g})"
+    params = {"objective": "text_logit", "lambda": float(lmbda), "kappa": float(kappa), "ste": bool(ste)}
+    if kappa > 0:
+        params.update({"cache": cache.manifest_sha256, "cache_images": cache.n_images,
+                       "m_min": round(cache.thresholds.m_min, 6), "sigma_max": round(cache.thresholds.sigma_max, 6)})
+    objective.params = params
+    return objective
+
+
+def kappa_method(kappa: float, cfg) -> str:
+    """Method key of a run: ``reference`` (κ = 0), ``textlogit`` (κ = cfg.textlogit.kappa), else ``kappa<κ>``."""
+    if kappa == 0:
+        return "reference"
+    if kappa == cfg.textlogit.kappa:
+        return "textlogit"
+    return f"kappa{kappa:g}"
+
+
+def thresholds_for(cfg, cache: RegionCache) -> Thresholds:
+    """Eq. 6 thresholds of the profile: fixed if ``cfg.textlogit.m_min/sigma_max`` are set, else derived.
+
+    Derived (:func:`derive_thresholds`) from the training regions read
+    correctly on the originals, at ``cfg.textlogit.filter_quantile``.
+    """
+    t = cfg.textlogit
+    if t.m_min is not None and t.sigma_max is not None:
+        return Thresholds(float(t.m_min), float(t.sigma_max), source="fixed", n_regions=cache.n_regions)
+    return derive_thresholds(cache.median.numpy(), cache.stdev.numpy(), cache.correct(), t.filter_quantile)
+
+
+@dataclass
+class Run:
+    """One fine-tuning run of this stage."""
+
+    method: str
+    k: int
+    lmbda: float
+    kappa: float
+    path: Path | None  # the saved codec (None: diverged)
+    log: list[dict]
+    seconds: float = 0.0
+    reused: bool = False
+    aux_loss: float | None = None
+    error: str | None = None
+
+
+def run_seed(seed: int, k: int) -> int:
+    """Training seed of every run at λ index ``k``: the same for all κ (same batches, same noise)."""
+    from .train import _mix
+
+    return _mix(int(seed), 0x7E47, int(k))
+
+
+def finetune(cfg, k: int, kappa: float, cache: RegionCache, device=None, seed: int = 0,
+             retrain: bool = False, progress: bool = True) -> Run:
+    """Fine-tune the stage-1 model ``mse_<k>`` with Eq. 5 at λ = ``cfg.codec.lambdas[k]`` and ``kappa``.
+
+    Every run at λ index k (reference κ = 0, text logit κ > 0) starts from the
+    same checkpoint and takes exactly ``cfg.textlogit.steps`` steps on the
+    same batches (the cached training images, seed :func:`run_seed`).  Uses
+    :func:`tficlib.train.train` (resume, reuse) with stage 1's optimizer
+    settings; the codec is saved as ``models/<method>_<k>.pt``.  A
+    non-finite loss (too large a κ) is reported in ``Run.error``, path None.
+    """
+    from . import codec, tfic, train
+    from .data import textlines
+
+    t, c = cfg.textlogit, cfg.codec
+    lmbda = float(c.lambdas[k])
+    method = kappa_method(kappa, cfg)
+    name = f"{method}_{k}"
+    model, _ = codec.load_model(tfic.model_path(cfg, tfic.STAGE1, "mse", k), stage=tfic.STAGE1,
+                                device=device or cfg.device)
+    data = IndexedLines(textlines.load_split(cfg, "train"), cache.n_images)
+    try:
+        res = train.train(
+            model, text_logit_objective(lmbda, kappa, cache if kappa > 0 else None, ste=t.ste), data,
+            steps=t.steps, checkpoint=tfic.checkpoint_path(cfg, STAGE, name), batch_size=t.batch_size, lr=t.lr,
+            aux_lr=c.aux_lr, clip_max_norm=c.clip_max_norm, seed=run_seed(seed, k),
+            checkpoint_every=c.checkpoint_every, aux_steps=c.aux_steps, lr_decay_start=c.lr_decay_start,
+            lr_decay_to=0.1, retrain=retrain, device=device or cfg.device, collate=collate_indexed,
+            desc=f"{name} λ={lmbda:g} κ={kappa:g}", progress=progress,
+            meta={"stage": STAGE, "run": name, "profile": cfg.name},
+        )
+    except FloatingPointError as exc:
+        return Run(method, k, lmbda, kappa, None, [], error=str(exc))
+    path = tfic.model_path(cfg, STAGE, method, k)
+    if not (res.reused and path.exists()):
+        codec.save_model(path, res.model, {"stage": STAGE, "method": method, "k": k, "lambda": lmbda,
+                                           "kappa": kappa, "steps": t.steps, "profile": cfg.name,
+                                           "aux_loss": res.aux_loss})
+    return Run(method, k, lmbda, kappa, path, res.log, res.meta.get("seconds", 0.0), res.reused, res.aux_loss)
+
+
+def train_curves(cfg, cache: RegionCache, device=None, seed: int = 0, retrain: bool = False) -> dict[str, list[Run]]:
+    """Fig. 2's two curves: ``reference`` (κ = 0) and ``textlogit`` (κ = cfg.textlogit.kappa) at every λ."""
+    runs: dict[str, list[Run]] = {"reference": [], "textlogit": []}
+    for k in range(len(cfg.codec.lambdas)):
+        runs["reference"].append(finetune(cfg, k, 0.0, cache, device, seed, retrain))
+        runs["textlogit"].append(finetune(cfg, k, cfg.textlogit.kappa, cache, device, seed, retrain))
+    return runs
+
+
+def kappa_sweep(cfg, cache: RegionCache, device=None, seed: int = 0, retrain: bool = False) -> list[Run]:
+    """Fig. 4: one run per κ of ``cfg.textlogit.kappas`` at λ index ``sweep_lambda_index`` (κ = 0 included).
+
+    The κ = 0 and κ = cfg.textlogit.kappa runs are those of :func:`train_curves` (reused).
+    """
+    k = range(len(cfg.codec.lambdas))[cfg.textlogit.sweep_lambda_index]
+    return [finetune(cfg, k, float(kappa), cache, device, seed, retrain) for kappa in cfg.textlogit.kappas]
+
+
+def loss_scale(cfg, cache: RegionCache, device=None, n: int = 16) -> list[dict]:
+    """The terms of Eq. 5 for every stage-1 model on ``n`` cached training images (eval mode, rounded).
+
+    Shows what κ weighs: bpp, λ·255²·MSE and J(x, x̂) at the start of fine-tuning.
+    """
+    from . import codec, tfic
+    from .data import textlines
+    from .losses import rate_bpp, text_logit_loss
+
+    data = IndexedLines(textlines.load_split(cfg, "train"), cache.n_images)
+    n = min(n, len(data))
+    x, _, idx = collate_indexed([data[i] for i in range(n)])
+    dev = torch.device(device or cfg.device)
+    x = x.to(dev)
+    boxes, targets = cache.batch(idx.tolist(), device=dev)
+    rows = []
+    for k, lmbda in enumerate(cfg.codec.lambdas):
+        model, _ = codec.load_model(tfic.model_path(cfg, tfic.STAGE1, "mse", k), stage=tfic.STAGE1, device=dev)
+        with torch.no_grad():
+            out = model(x)
+            j = float(text_logit_loss(out["x_hat"], boxes, targets))
+            bpp = float(rate_bpp(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3]))
+            d = float(lmbda * 255**2 * F.mse_loss(out["x_hat"], x))
+        rows.append({"k": k, "lambda": lmbda, "bpp_estimated": bpp, "lambda_D": d, "J": j,
+                     "kappa_J": cfg.textlogit.kappa * j})
+    return rows
+
+
+# --------------------------------------------------------------------------- Eq. 7: evaluation
+def _as_saved(x: torch.Tensor) -> torch.Tensor:
+    """x̂ as a saved 8-bit image would hold it: clamped to [0, 1] and rounded to 1/255."""
+    return (x.detach().float().clamp(0, 1) * 255).round() / 255
+
+
+def recognize_regions(x_hat: torch.Tensor, boxes: Sequence[Sequence], recognizer=None) -> list[list[str]]:
+    """Texts read in the regions ``boxes`` of the reconstructions (8-bit, no gradient), per image."""
+    from . import ocr
+
+    with torch.no_grad():
+        logits = region_logits(_as_saved(x_hat), boxes, recognizer)
+    return [[ocr.greedy_decode(v[None])[0] for v in vs] for vs in logits]
+
+
+def region_error_rates(reference: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict:
+    """Lai et al.'s CER/WER (Eq. 7, Sec. 3.3): per image over its regions, then the mean over images.
+
+    ``reference[i]`` / ``predicted[i]``: the texts of image i's regions (the
+    original's and the reconstruction's readings of the same boxes).
+    CER pools S, D, I, C of the characters over the image's regions
+    (:func:`tficlib.metrics.image_cer`).  WER follows the paper's reading that
+    "each valid text region corresponds to one word", so D_w = I_w = 0: a
+    region is one word, substituted if its reading differs (whitespace runs
+    collapsed), so WER = wrong regions / regions ≤ 1.  Images without region
+    are left out of the mean (their CER/WER is undefined).  Returns ``cer``,
+    ``wer``, ``n_images`` and the per-image values.
+    """
+    from . import metrics
+
+    if len(reference) != len(predicted):
+        raise ValueError(f"{len(reference)} reference images but {len(predicted)} predicted")
+    cers, wers = [], []
+    for k, (g, p) in enumerate(zip(reference, predicted)):
+        if len(g) != len(p):
+            raise ValueError(f"image {k}: {len(g)} reference regions but {len(p)} predicted")
+        if not g:
+            continue
+        cers.append(metrics.image_cer(g, p))
+        wers.append(sum(" ".join(a.split()) != " ".join(b.split()) for a, b in zip(g, p)) / len(g))
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else float("nan")
+
+    return {"cer": mean(cers), "wer": mean(wers), "n_images": len(cers), "per_image_cer": cers,
+            "per_image_wer": wers}
+
+
+def evaluate(cfg, path, items, cache: RegionCache, device=None, refresh: bool = False) -> dict:
+    """A saved codec on the test items: real bpp, PSNR, TFIC accuracy, and CER/WER per Eq. 7.
+
+    One pass over real bitstreams (:func:`tficlib.codec.evaluate_codec`:
+    bpp from the bytes, header included; PSNR).  ``accuracy`` /
+    ``accuracy_ci`` are the TFIC paper's (Sec. IV-A) for EasyOCR's reading
+    (:func:`tficlib.ocr.read_lines`) of the decoded 8-bit line against the
+    ground truth, as in notebooks 01/02, so 03 and 02 share one axis.
+    CER/WER (:func:`region_error_rates`) compare the readings of the
+    original's kept regions (``cache``) with those of the same boxes of the
+    decoded image.  Cached in ``<stage>/eval/<model stem>.json``, keyed by the
+    model file's SHA-256, the test items and the kept regions.
+    """
+    import zlib
+
+    from . import codec, metrics, ocr
+
+    path = Path(path)
+    dev = device or cfg.device
+    labels = [lab for _, lab in items]
+    kept = None if cache.kept is None else hashlib.sha256(np.packbits(cache.kept.numpy()).tobytes()).hexdigest()
+    sig = {"version": EVAL_VERSION, "model_sha256": artifacts.sha256_file(artifacts.require(path, STAGE)),
+           "n": len(items), "labels": zlib.crc32("\n".join(labels).encode()), "cache": cache.manifest_sha256,
+           "kept": kept}
+    store = cfg.stage_dir(STAGE) / "eval" / f"{path.stem}.json"
+    if store.exists() and not refresh:
+        data = artifacts.read_json(store)
+        if data.get("signature") == sig:
+            return data
+    model, _ = codec.load_model(path, stage=STAGE, device=dev)
+    ev = codec.evaluate_codec(model, items, batch_size=cfg.eval.batch_size, keep_reconstructions=True,
+                              ms_ssim=False)
+    recon = torch.cat(ev["reconstructions"]).clamp(0, 1)
+    read = ocr.read_lines(_as_saved(recon), device=dev)
+    preds: list[list[str]] = []
+    step = max(1, cfg.eval.batch_size)
+    for s in range(0, len(items), step):
+        boxes, _ = cache.batch(range(s, min(len(items), s + step)))
+        preds += recognize_regions(recon[s:s + step].to(dev), boxes)
+    rates = region_error_rates(cache.reference_texts(range(len(items))), preds)
+    mean = ev["mean"]
+    data = {"signature": sig, "model": str(path), "bpp": mean["bpp"], "bpp_estimated": mean["bpp_estimated"],
+            "header_bytes": mean["header_bytes"], "psnr": mean["psnr"],
+            "accuracy": metrics.mean_accuracy(labels, read),
+            "accuracy_ci": metrics.mean_accuracy(labels, read, case_sensitive=False),
+            "cer": rates["cer"], "wer": rates["wer"], "n_text_images": rates["n_images"], "preds": read,
+            "per_image_bpp": ev["bpp"], "per_image_cer": rates["per_image_cer"],
+            "per_image_wer": rates["per_image_wer"], "region_preds": preds}
+    artifacts.write_json(store, data)
+    return data
+
+
+CURVE_KEYS = ("bpp", "bpp_estimated", "psnr", "accuracy", "accuracy_ci", "cer", "wer")
+
+
+def curve(evals: list[dict], description: str, **params) -> dict:
+    """A results.json method entry: lists aligned by rate point (+ the run parameters)."""
+    out: dict[str, Any] = {"description": description}
+    for key in CURVE_KEYS:
+        out[key] = [e.get(key) for e in evals]
+    out.update({k: list(v) for k, v in params.items()})
+    return out
+
+
+def bd_tables(reference: dict, test: dict) -> dict:
+    """Tables 1 and 2 of the paper for ``test`` against ``reference`` (curves of :func:`curve`).
+
+    Table 1: BD-rate (%) at equal CER and at equal WER (bpp saved, negative =
+    better).  Table 2: BD-CER and BD-WER (% change of CER/WER at equal rate,
+    relative to the reference's mean over the common range; negative =
+    better) and BD-PSNR (dB, and % like the paper's table).  pchip over
+    operational curves (:mod:`tficlib.metrics`); a value that cannot be
+    computed is None with its reason.
+    """
+    from . import metrics
+
+    def pack(res) -> dict:
+        return {"value": res.value if res.ok else None, "reason": res.reason}
+
+    r_ref, r_test = reference["bpp"], test["bpp"]
+    return {
+        "bd_rate_cer": pack(metrics.bd_rate_result(r_ref, reference["cer"], r_test, test["cer"], higher_is_better=False)),
+        "bd_rate_wer": pack(metrics.bd_rate_result(r_ref, reference["wer"], r_test, test["wer"], higher_is_better=False)),
+        "bd_cer": pack(metrics.bd_quality_result(r_ref, reference["cer"], r_test, test["cer"], higher_is_better=False,
+                                                 relative=True)),
+        "bd_wer": pack(metrics.bd_quality_result(r_ref, reference["wer"], r_test, test["wer"], higher_is_better=False,
+                                                 relative=True)),
+        "bd_psnr_db": pack(metrics.bd_quality_result(r_ref, reference["psnr"], r_test, test["psnr"])),
+        "bd_psnr_percent": pack(metrics.bd_quality_result(r_ref, reference["psnr"], r_test, test["psnr"],
+                                                          relative=True)),
+        "bd_accuracy": pack(metrics.bd_quality_result(r_ref, reference["accuracy"], r_test, test["accuracy"])),
+    }
+
+
+def plot_rate_text(methods: dict, title: str = "", styles: dict | None = None):
+    """Fig. 2: CER vs bpp and WER vs bpp (real bytes) for the methods of a results dict."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    labels = {"reference": "w/o J (κ = 0)", "textlogit": "w/ J"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("cer", "wer")):
+        plots.rate_curves(ax, methods, metric=metric, labels=labels, styles=styles,
+                          title=f"{metric.upper()} vs bpp {title}".strip())
+    fig.tight_layout()
+    return fig
+
+
+def plot_kappa_sweep(reference: dict, sweep: list[dict], kappas: Sequence[float]):
+    """Fig. 4: CER/WER vs bpp of the κ sweep at one λ, over the reference (κ = 0, every λ) curve."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("cer", "wer")):
+        plots.rate_curves(ax, {"reference": reference}, metric=metric, labels={"reference": "κ = 0, every λ"},
+                          styles={"reference": {"color": "0.5"}})
+        pts = [(e["bpp"], e[metric], kappa) for e, kappa in zip(sweep, kappas)
+               if e is not None and e.get(metric) is not None and e.get("bpp") is not None]
+        if pts:
+            xs, ys, ks = zip(*pts)
+            ax.plot(xs, ys, "-", color="C3", linewidth=0.8)
+            for x, y, kappa in pts:
+                ax.scatter([x], [y], color="C3", zorder=3)
+                ax.annotate(f"κ={kappa:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_title(f"κ sweep at one λ: {metric.upper()} vs bpp")
+    fig.tight_layout()
+    return fig
+
+
+def gap_to_curve(reference: dict, bpp: float, value: float, metric: str = "cer") -> float | None:
+    """``value`` minus the reference curve's ``metric`` at the same rate (linear in log-bpp).
+
+    Negative: the point lies below (better than) the reference curve.  None
+    when ``bpp`` is outside the reference's rate range or a value is missing.
+    """
+    pts = sorted((b, q) for b, q in zip(reference["bpp"], reference[metric]) if b is not None and q is not None)
+    if bpp is None or value is None or len(pts) < 2 or not pts[0][0] <= bpp <= pts[-1][0]:
+        return None
+    xs = np.log([b for b, _ in pts])
+    return float(value - np.interp(math.log(bpp), xs, [q for _, q in pts]))
+
+
+def pick_examples(ev_ref: dict, ev_test: dict, n: int = 2, first: int = 2) -> list[int]:
+    """Test images for Fig. 3: the first ``first`` ones, then the ``n`` with the largest per-image CER gain.
+
+    Per-image CER lists only cover images with a kept region, in order; the
+    indices returned are test-item indices.
+    """
+    with_text = [i for i, p in enumerate(ev_ref["region_preds"]) if p]
+    gains = sorted(((r - t, i) for r, t, i in zip(ev_ref["per_image_cer"], ev_test["per_image_cer"], with_text)),
+                   reverse=True)
+    out = list(range(min(first, len(ev_ref["region_preds"]))))
+    for _, i in gains:
+        if len(out) >= first + n:
+            break
+        if i not in out:
+            out.append(i)
+    return out
