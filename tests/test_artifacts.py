@@ -113,3 +113,10 @@ def test_foreign_bytes_are_refused_with_the_named_error(tmp_path, content):
     p.write_bytes(content)
     with pytest.raises(artifacts.ArtifactError, match="not a tficlib checkpoint"):
         artifacts.load_checkpoint(p)
+
+
+def test_atomic_write_gives_usual_permissions(tmp_path):
+    target = tmp_path / "f.txt"
+    with artifacts.atomic_write(target, "w") as fh:
+        fh.write("x")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~artifacts._UMASK

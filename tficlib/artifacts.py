@@ -50,6 +50,8 @@ NOTEBOOKS = {
 }
 
 CHECKPOINT_FORMAT = "tficlib-checkpoint-1"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class ArtifactError(RuntimeError):
@@ -108,6 +110,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
