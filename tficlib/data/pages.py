@@ -53,6 +53,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tficlib import artifacts
+from tficlib.data import manifest
 
 __all__ = [
     "FONTS",
@@ -362,32 +363,16 @@ def _header(cfg, split: str) -> dict:
             "train_fraction": p.train_fraction, "fonts": list(FONTS)}
 
 
-def _verify(root: Path, manifest: dict) -> list[str]:
-    problems = []
+def _entries(manifest: dict):
     for item in manifest["items"]:
         for kind in ("clean", "degraded"):
-            path = root / item[kind]
-            if not path.exists():
-                problems.append(f"{path} is missing")
-            elif artifacts.sha256_file(path) != item[f"sha256_{kind}"]:
-                problems.append(f"{path} does not match its sha256 in the manifest")
-    return problems
+            yield item[kind], item[f"sha256_{kind}"]
 
 
 def _valid(cfg, split: str) -> bool:
-    path = manifest_path(cfg, split)
-    if not path.exists():
-        return False
-    try:
-        manifest = artifacts.read_json(path)
-    except artifacts.ArtifactError:
-        return False
     expected = _header(cfg, split)
-    if {k: manifest.get(k) for k in expected} != expected:
-        return False
-    if len(manifest.get("items", [])) != len(expected["pages"]) * cfg.pages.patches_per_page:
-        return False
-    return not _verify(path.parent, manifest)
+    return manifest.is_complete(manifest_path(cfg, split), expected,
+                                len(expected["pages"]) * cfg.pages.patches_per_page, _entries)
 
 
 def generate(cfg, force: bool = False, progress: bool = True) -> dict[str, Path]:
@@ -488,16 +473,7 @@ def load_patches(cfg, split: str) -> PatchDataset:
     Missing -> :class:`~tficlib.artifacts.MissingArtifact` naming notebooks/00_dataset.ipynb;
     tampered/corrupt -> :class:`~tficlib.artifacts.ArtifactError`.
     """
-    path = artifacts.require(manifest_path(cfg, split), STAGE)
-    manifest = artifacts.read_json(path, STAGE)
-    if manifest.get("format") != FORMAT:
-        raise artifacts.ArtifactError(f"{path} is not a tficlib page-patch manifest")
-    problems = _verify(path.parent, manifest)
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise artifacts.ArtifactError(
-            "page-patch dataset does not match its manifest: " + "; ".join(problems[:3]) + more
-            + f"; regenerate it: run {artifacts.NOTEBOOKS[STAGE]} "
-            "(or tficlib.data.pages.generate(cfg, force=True))"
-        )
-    return PatchDataset(path.parent, manifest)
+    path = manifest_path(cfg, split)
+    data = manifest.load(path, STAGE, FORMAT, "page-patch", _entries,
+                         "tficlib.data.pages.generate(cfg, force=True)")
+    return PatchDataset(path.parent, data)

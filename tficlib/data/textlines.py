@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from tficlib import artifacts
+from tficlib.data import manifest
 
 __all__ = [
     "BACKGROUNDS",
@@ -316,30 +317,13 @@ def _expected_header(cfg, split: str) -> dict:
             "height": t.height, "width": t.width, "max_chars": t.max_chars, "fonts": list(FONTS)}
 
 
-def _verify(root: Path, manifest: dict) -> list[str]:
-    """Problems with the files a manifest lists (missing or wrong sha256)."""
-    problems = []
-    for item in manifest["items"]:
-        path = root / item["file"]
-        if not path.exists():
-            problems.append(f"{path} is missing")
-        elif artifacts.sha256_file(path) != item["sha256"]:
-            problems.append(f"{path} does not match its sha256 in the manifest")
-    return problems
+def _entries(manifest: dict):
+    return ((item["file"], item["sha256"]) for item in manifest["items"])
 
 
 def _valid_manifest(cfg, split: str) -> bool:
-    path = manifest_path(cfg, split)
-    if not path.exists():
-        return False
-    try:
-        manifest = artifacts.read_json(path)
-    except artifacts.ArtifactError:
-        return False
-    header = {k: manifest.get(k) for k in _expected_header(cfg, split)}
-    if header != _expected_header(cfg, split) or len(manifest.get("items", [])) != header["count"]:
-        return False
-    return not _verify(path.parent, manifest)
+    expected = _expected_header(cfg, split)
+    return manifest.is_complete(manifest_path(cfg, split), expected, expected["count"], _entries)
 
 
 def generate(cfg, force: bool = False, progress: bool = True) -> dict[str, Path]:
@@ -432,19 +416,10 @@ def load_split(cfg, split: str) -> TextLineDataset:
     Missing -> :class:`~tficlib.artifacts.MissingArtifact` naming notebooks/00_dataset.ipynb;
     tampered/corrupt -> :class:`~tficlib.artifacts.ArtifactError`.
     """
-    path = artifacts.require(manifest_path(cfg, split), STAGE)
-    manifest = artifacts.read_json(path, STAGE)
-    if manifest.get("format") != FORMAT:
-        raise artifacts.ArtifactError(f"{path} is not a tficlib text-line manifest")
-    problems = _verify(path.parent, manifest)
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise artifacts.ArtifactError(
-            "text-line dataset does not match its manifest: " + "; ".join(problems[:3]) + more
-            + f"; regenerate it: run {artifacts.NOTEBOOKS[STAGE]} "
-            "(or tficlib.data.textlines.generate(cfg, force=True))"
-        )
-    return TextLineDataset(path.parent, manifest)
+    path = manifest_path(cfg, split)
+    data = manifest.load(path, STAGE, FORMAT, "text-line", _entries,
+                         "tficlib.data.textlines.generate(cfg, force=True)")
+    return TextLineDataset(path.parent, data)
 
 
 def _collate(batch):
