@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from tficlib import baselines as B
 from tficlib import metrics as M
-
-torch.set_num_threads(1)
 
 AVAILABLE = [k for k, ok in B.available().items() if ok]
 

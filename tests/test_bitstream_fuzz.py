@@ -18,7 +18,6 @@ from hypothesis import strategies as st  # noqa: E402
 from tficlib import codec  # noqa: E402
 from tficlib.codec import TficFormatError  # noqa: E402
 
-torch.set_num_threads(1)
 FUZZ = settings(max_examples=200, deadline=2000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 

@@ -18,8 +18,6 @@ from PIL import Image
 from tficlib import cli_codec, codec, config, train
 from tficlib.__main__ import main
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture
 def env(tmp_data, monkeypatch):

@@ -12,8 +12,6 @@ from tficlib import codec
 from tficlib.artifacts import ArtifactError, MissingArtifact, save_checkpoint
 from tficlib.codec import TficFormatError
 
-torch.set_num_threads(1)
-
 
 def _model(name="bmshj2018-hyperprior", N=16, M=16, seed=0):
     torch.manual_seed(seed)

@@ -10,14 +10,6 @@ import torch
 from tficlib import losses
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_rate_bpp_is_minus_log2_likelihood_per_pixel():
     lk = {"y": torch.full((2, 4, 2, 2), 0.5), "z": torch.full((2, 1, 1, 1), 0.25)}
     # y: 2*4*2*2 = 32 symbols of 1 bit; z: 2 symbols of 2 bits -> 36 bits over 2 images of 3x3 pixels

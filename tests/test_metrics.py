@@ -10,8 +10,6 @@ import torch
 
 from tficlib import metrics as M
 
-torch.set_num_threads(1)
-
 
 # ----------------------------------------------------------------------------- accuracy
 def test_accuracy_hand_checked():

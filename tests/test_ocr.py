@@ -161,7 +161,6 @@ def test_reading_order():
 @pytest.fixture(scope="module")
 def models():
     """One Reader and one Recognizer on CPU for the whole module."""
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     reader = ocr.get_reader("cpu")
     recognizer = ocr.get_recognizer("cpu")
     assert ocr.get_reader("cpu") is reader and ocr.get_recognizer("cpu") is recognizer  # cached

@@ -16,7 +16,6 @@ WORDS = ("harbour light", "Quartz 42")
 
 @pytest.fixture(scope="module")
 def recognizer():
-    torch.set_num_threads(1)
     return ocr.get_recognizer("cpu")
 
 

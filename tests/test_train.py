@@ -10,15 +10,6 @@ from tficlib import artifacts, codec
 from tficlib import train as T
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these tiny models only lose time to thread hand-offs on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _dataset(n=6, h=64, w=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.rand(3, h, w, generator=g), f"w{i}") for i in range(n)]
