@@ -221,3 +221,17 @@ def test_ocr_guided_step_updates_only_d2():
     assert _same(before["craft"], _state(craft))
     assert _same(before["recognizer"], _state(recognizer))
     assert not _same(before["d2"], _state(guided.d2))
+
+
+def test_targets_are_reported_not_hidden():
+    from tficlib import config
+    from tficlib import dequant as dq
+
+    scores = {"jpeg": {"accuracy": 0.005}, "dncnn": {"accuracy": 0.363}, "ocr_guided": {"accuracy": 0.147}}
+    cpu = dq.targets(config.resolve("cpu", device="cpu"), scores)
+    assert cpu["degraded JPEG < 0.10"]["met"] and cpu["DnCNN >= 0.35"]["met"]
+    miss = cpu["OCR-guided >= DnCNN + 0.15"]
+    assert not miss["met"] and miss["measured"] == 0.147 and abs(miss["target"] - 0.513) < 1e-12
+    paper = dq.targets(config.resolve("paper", device="cpu"), scores)
+    assert not paper["DnCNN >= 0.70"]["met"] and not paper["OCR-guided >= 0.85"]["met"]
+    assert dq.targets(config.resolve("smoke", device="cpu"), scores) == {}
