@@ -463,6 +463,21 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     return (max(hi - lo, 0.0) / union if union > 0 else 0.0), lo, hi
 
 
+
+def _overlap_check(axis: str, a: np.ndarray, b: np.ndarray, shown_ref: np.ndarray, shown_test: np.ndarray,
+                   min_overlap: float, unit: str = "") -> tuple[float, float, float, str | None]:
+    """Overlap of the two curves on ``axis`` (``a``, ``b``) and, if too small, the reason (ranges shown
+    in ``shown_ref`` / ``shown_test`` units)."""
+    overlap, lo, hi = _overlap(a, b)
+    ranges = (f"reference [{shown_ref.min():.4g}, {shown_ref.max():.4g}]{unit}, "
+              f"test [{shown_test.min():.4g}, {shown_test.max():.4g}]{unit}")
+    if overlap <= 0.0:
+        return overlap, lo, hi, f"{axis} ranges do not overlap: {ranges}"
+    if overlap < min_overlap:
+        return overlap, lo, hi, (f"{axis} ranges overlap only {overlap:.0%} of their union "
+                                 f"(< min_overlap {min_overlap:.0%}): {ranges}")
+    return overlap, lo, hi, None
+
 def bd_rate_result(
     r_ref, q_ref, r_test, q_test, higher_is_better: bool = True, monotone: bool = True,
     min_overlap: float = MIN_OVERLAP,
@@ -481,16 +496,9 @@ def bd_rate_result(
         return BDResult(float("nan"), reason)
     (rr, qr, dr), (rt, qt, dt) = curves
     sign = 1.0 if higher_is_better else -1.0
-    overlap, lo, hi = _overlap(qr, qt)
-    if overlap <= 0.0:
-        return BDResult(float("nan"), (
-            f"quality ranges do not overlap: reference [{qr.min():.4g}, {qr.max():.4g}], "
-            f"test [{qt.min():.4g}, {qt.max():.4g}]"), overlap, dr, dt)
-    if overlap < min_overlap:
-        return BDResult(float("nan"), (
-            f"quality ranges overlap only {overlap:.0%} of their union (< min_overlap {min_overlap:.0%}): "
-            f"reference [{qr.min():.4g}, {qr.max():.4g}], test [{qt.min():.4g}, {qt.max():.4g}]"),
-            overlap, dr, dt)
+    overlap, lo, hi, reason = _overlap_check("quality", qr, qt, qr, qt, min_overlap)
+    if reason:
+        return BDResult(float("nan"), reason, overlap, dr, dt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         value = bjontegaard.bd_rate(rr, sign * qr, rt, sign * qt, method="pchip",
@@ -520,16 +528,10 @@ def bd_quality_result(
     if curves is None:
         return BDResult(float("nan"), reason)
     (rr, qr, dr), (rt, qt, dt) = curves
-    overlap, lo, hi = _overlap(np.log10(rr), np.log10(rt))
-    if overlap <= 0.0:
-        return BDResult(float("nan"), (
-            f"rate ranges do not overlap: reference [{rr.min():.4g}, {rr.max():.4g}] bpp, "
-            f"test [{rt.min():.4g}, {rt.max():.4g}] bpp"), overlap, dr, dt)
-    if overlap < min_overlap:
-        return BDResult(float("nan"), (
-            f"log-rate ranges overlap only {overlap:.0%} of their union (< min_overlap {min_overlap:.0%}): "
-            f"reference [{rr.min():.4g}, {rr.max():.4g}] bpp, test [{rt.min():.4g}, {rt.max():.4g}] bpp"),
-            overlap, dr, dt)
+    overlap, lo, hi, reason = _overlap_check("log-rate", np.log10(rr), np.log10(rt), rr, rt, min_overlap,
+                                             unit=" bpp")
+    if reason:
+        return BDResult(float("nan"), reason, overlap, dr, dt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         value, f_ref, _ = bjontegaard.bd_psnr(rr, qr, rt, qt, method="pchip", require_matching_points=False,
