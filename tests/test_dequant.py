@@ -221,6 +221,27 @@ def test_ocr_guided_step_updates_only_d2():
     assert _same(before["craft"], _state(craft))
     assert _same(before["recognizer"], _state(recognizer))
     assert not _same(before["d2"], _state(guided.d2))
+    assert float(out["mse"]) == 0.0  # no anchor: the paper's OCR-only loss
+    # with the pixel anchor μ: loss = CTC + μ·MSE(x̂_p, x_p); an identity D2 on x_p = x̃ has zero anchor error
+    fresh = dequant.OCRGuided(d1)
+    x8 = (x_tilde * 255).round().to(torch.uint8)
+    same = dequant.ocr_guided_objective(fresh, x8, x8, anchor=50.0)(fresh.d2, batch)
+    assert float(same["mse"]) == 0.0 and torch.allclose(same["loss"], same["ctc"])
+    white = torch.full_like(x8, 255)
+    anchored = dequant.ocr_guided_objective(fresh, x8, white, anchor=50.0)(fresh.d2, batch)
+    assert float(anchored["mse"]) > 0.01
+    assert torch.allclose(anchored["loss"], anchored["ctc"] + 50.0 * anchored["mse"])
+
+
+def test_pixel_anchor_needs_aligned_clean_patches():
+    guided = dequant.OCRGuided(dequant.DnCNN(depth=4, features=8))
+    x8 = torch.zeros(2, 3, 16, 32, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="needs the clean patches aligned"):
+        dequant.ocr_guided_objective(guided, x8, None, anchor=1.0)
+    with pytest.raises(ValueError, match="needs the clean patches aligned"):
+        dequant.ocr_guided_objective(guided, x8, x8[:1], anchor=1.0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        dequant.ocr_guided_objective(guided, x8, x8, anchor=-1.0)
 
 
 def test_targets_are_reported_not_hidden():
@@ -235,3 +256,25 @@ def test_targets_are_reported_not_hidden():
     paper = dq.targets(config.resolve("paper", device="cpu"), scores)
     assert not paper["DnCNN >= 0.70"]["met"] and not paper["OCR-guided >= 0.85"]["met"]
     assert dq.targets(config.resolve("smoke", device="cpu"), scores) == {}
+
+
+def test_d2_initialisations():
+    torch.manual_seed(0)
+    d1 = dequant.DnCNN(depth=4, features=8, zero_init=False).eval()
+    x_tilde = torch.rand(3, 40, 96)
+    box = [(10, 8, 60, 30)]
+    # identity (default): D1's weights except the zeroed last layer, so x̂ = x̃ before training
+    guided = dequant.OCRGuided(d1)
+    assert guided.init == "identity"
+    assert torch.count_nonzero(guided.d2.body[-1].weight) == 0
+    assert torch.count_nonzero(d1.body[-1].weight) > 0  # D1 itself untouched
+    assert torch.equal(guided.d2.body[0].weight, d1.body[0].weight)
+    (patch,), _ = guided.refine(x_tilde, box)
+    assert torch.equal(patch, x_tilde[:, 8:30, 10:60])
+    # "d1": D1 exactly, so D2 re-applies the dequantizer
+    literal = dequant.OCRGuided(d1, init="d1")
+    assert _same(_state(literal.d2), _state(d1))
+    (patch,), _ = literal.refine(x_tilde, box)
+    assert not torch.allclose(patch, x_tilde[:, 8:30, 10:60])
+    with pytest.raises(ValueError, match="unknown D2 initialisation 'zeros'"):
+        dequant.OCRGuided(d1, init="zeros")

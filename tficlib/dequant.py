@@ -143,7 +143,8 @@ def load_dncnn(path: str | Path, stage: str | None = None, device="cpu") -> tupl
 
 
 # =========================================================================== data: random crops
-def _uint8_stack(dataset, kind: str) -> torch.Tensor:
+def uint8_stack(dataset, kind: str) -> torch.Tensor:
+    """The ``kind`` images (``"clean"`` or ``"degraded"``) of a patch dataset as one uint8 (N, 3, H, W) tensor."""
     if hasattr(dataset, "uint8"):
         arrays = [dataset.uint8(i, kind) for i in range(len(dataset))]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -161,8 +162,8 @@ class PatchCrops(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset, crop: int | None = 48, grid: int = 16):
-        self.clean = _uint8_stack(dataset, "clean")
-        self.degraded = _uint8_stack(dataset, "degraded")
+        self.clean = uint8_stack(dataset, "clean")
+        self.degraded = uint8_stack(dataset, "degraded")
         if len(self.clean) == 0:
             raise ValueError("PatchCrops: the dataset is empty")
         h, w = self.clean.shape[-2:]
@@ -520,20 +521,40 @@ class OCRGuided(nn.Module):
     """The OCR-guided dequantizer of Sec. 4.5 / Fig. 8.
 
     ``d1`` (frozen) gives x̃ = D1(x); CRAFT (``ocr.detect_boxes``, frozen) finds
-    the word boxes on x̃; ``d2`` (trainable, a copy of D1 unless given) refines
-    each word patch x̃_p at native resolution with ``margin`` pixels of
-    context: x̂_p = D2(x̃_p); :func:`reassemble` pastes the x̂_p back into x̃.
-    D2's BatchNorm uses D1's running statistics (always eval mode).
+    the word boxes on x̃; ``d2`` (trainable) refines each word patch x̃_p at
+    native resolution with ``margin`` pixels of context: x̂_p = D2(x̃_p);
+    :func:`reassemble` pastes the x̂_p back into x̃.  D2's BatchNorm uses D1's
+    running statistics (always eval mode).
+
+    Unless ``d2`` is given, D2 starts from D1's weights (Sec. 4.5: "starting
+    from the pretrained DnCNN").  ``init`` says how:
+
+    * ``"identity"`` (default): D1's weights with the last convolution of the
+      residual branch set to zero, so that D2 starts as the identity and
+      x̂ = x̃ before training — the OCR loss can only move it from D1's result;
+    * ``"d1"``: D1 exactly, so that D2 re-applies the dequantizer to an image
+      it has already dequantized (x̂_p = D1(D1(x))_p before training).
     """
 
-    def __init__(self, d1: DnCNN, d2: DnCNN | None = None, margin: int = 8, detect_kwargs: dict | None = None):
+    INITS = ("identity", "d1")
+
+    def __init__(self, d1: DnCNN, d2: DnCNN | None = None, margin: int = 8, detect_kwargs: dict | None = None,
+                 init: str = "identity"):
         super().__init__()
         import copy
 
+        if init not in self.INITS:
+            raise ValueError(f"unknown D2 initialisation {init!r}; choose one of {', '.join(self.INITS)}")
         self.d1 = d1.eval()
         for p in self.d1.parameters():
             p.requires_grad_(False)
-        self.d2 = copy.deepcopy(d1) if d2 is None else d2
+        if d2 is None:
+            d2 = copy.deepcopy(d1)
+            if init == "identity":
+                with torch.no_grad():
+                    d2.body[-1].weight.zero_()
+        self.d2 = d2
+        self.init = init
         for p in self.d2.parameters():
             p.requires_grad_(True)
         self.margin = int(margin)
@@ -655,58 +676,82 @@ def _collate_words(items):
     return items
 
 
-def ocr_guided_objective(guided: OCRGuided, x_tilde_u8: torch.Tensor) -> Callable:
+def ocr_guided_objective(guided: OCRGuided, x_tilde_u8: torch.Tensor, clean_u8: torch.Tensor | None = None,
+                         anchor: float = 0.0) -> Callable:
     """L_OCR = E_p[CTC(OCR(D2(x̃_p)), G_p(x))] (Sec. 4.5): the frozen recognizer reads each refined patch.
 
     For :func:`tficlib.train.train` with the model ``guided.d2``; a batch is a
-    list of :class:`WordPatches` items.  Each refined patch is resized to the
-    recognizer's height by ``ocr.crop_boxes`` (roi_align, aspect kept).
+    list of :class:`WordPatches` items.  Each refined patch is clipped to
+    [0, 1] — what the reassembled image holds at test time — and resized to
+    the recognizer's height by ``ocr.crop_boxes`` (roi_align, aspect kept).
+    Without the clip, D2 learned to write pixel values up to 2.5 that the
+    recognizer read well and the test image cannot hold.
+
+    ``anchor`` = μ > 0 adds μ·MSE(x̂_p, x_p), x_p the clean page at the same
+    box (``clean_u8``, aligned with ``x_tilde_u8``): our deviation from the
+    paper's OCR-only loss (μ = 0), which let D2 drift to washed-out, thinned
+    strokes that EasyOCR's own detector and reader then misread.
     """
     from . import ocr
+
+    if anchor < 0:
+        raise ValueError(f"the pixel anchor μ must be >= 0, got {anchor}")
+    if anchor > 0 and (clean_u8 is None or clean_u8.shape != x_tilde_u8.shape):
+        shape = None if clean_u8 is None else tuple(clean_u8.shape)
+        raise ValueError(f"a pixel anchor μ = {anchor:g} needs the clean patches aligned with x̃ "
+                         f"{tuple(x_tilde_u8.shape)}, got {shape}")
 
     def objective(model, batch):
         model.eval()  # D2 keeps D1's BatchNorm statistics; its weights still learn
         device = next(model.parameters()).device
         recognizer = ocr.get_recognizer(device)
-        crops, labels = [], []
+        crops, labels, errors = [], [], []
         for item in batch:
             xt = x_tilde_u8[item["index"]].to(device).float() / 255.0
             (patch,), _ = guided.refine(xt, [item["box"]])
             h, w = patch.shape[-2:]
-            crops += ocr.crop_boxes(patch.unsqueeze(0), [[(0, 0, w, h)]])
+            crops += ocr.crop_boxes(patch.clamp(0, 1).unsqueeze(0), [[(0, 0, w, h)]])
             labels.append(item["label"])
+            if anchor > 0:
+                x0, y0, x1, y1 = item["box"]
+                clean = clean_u8[item["index"], :, y0:y1, x0:x1].to(device).float() / 255.0
+                errors.append(F.mse_loss(patch, clean, reduction="sum") / patch.numel())
         logits = recognizer(ocr.pad_crops(crops))
-        loss = ocr.ctc_loss(logits, labels)
-        return {"loss": loss, "ctc": loss}
+        ctc = ocr.ctc_loss(logits, labels)
+        mse = torch.stack(errors).mean() if errors else ctc.new_zeros(())
+        return {"loss": ctc + anchor * mse, "ctc": ctc, "mse": mse}
 
-    objective.params = {"objective": "ocr_guided", "margin": guided.margin}
+    objective.params = {"objective": "ocr_guided", "margin": guided.margin, "init": guided.init,
+                        "anchor": float(anchor), "clip": True}
     objective.name = "OCR-guided D2"
     return objective
 
 
-def train_ocr_guided(cfg, d1: DnCNN, guidance: dict, checkpoint: str | Path, *, steps: int | None = None,
-                     retrain: bool = False, device=None, progress: bool = True):
-    """Fine-tune D2 (initialised from D1) with the OCR loss only (Sec. 4.5); returns (OCRGuided, TrainResult).
+def train_ocr_guided(cfg, d1: DnCNN, guidance: dict, checkpoint: str | Path, *, clean: torch.Tensor | None = None,
+                     steps: int | None = None, retrain: bool = False, device=None, progress: bool = True):
+    """Fine-tune D2 (initialised from D1) with the OCR loss (Sec. 4.5); returns (OCRGuided, TrainResult).
 
     D1, CRAFT (its boxes are precomputed) and the recognizer stay frozen; only
     D2's parameters are given to the optimizer.  Amounts from
     ``cfg.dequant``: ``ocr_guided_steps``, ``ocr_guided_batch`` (word
-    patches per step), ``ocr_guided_lr``.
+    patches per step), ``ocr_guided_lr``, ``ocr_guided_init`` and
+    ``ocr_guided_anchor`` (μ of :func:`ocr_guided_objective`; μ > 0 needs
+    ``clean``, the uint8 clean patches aligned with ``guidance["x_tilde"]``).
     """
     from . import train as _train
 
     d = cfg.dequant
     steps = d.ocr_guided_steps if steps is None else int(steps)
-    guided = OCRGuided(d1, margin=d.word_margin)
+    guided = OCRGuided(d1, margin=d.word_margin, init=d.ocr_guided_init)
     words = WordPatches(guidance)
-    objective = ocr_guided_objective(guided, guidance["x_tilde"])
+    objective = ocr_guided_objective(guided, guidance["x_tilde"], clean, anchor=d.ocr_guided_anchor)
     result = _train.train(
         guided.d2, objective, words, steps=steps, checkpoint=checkpoint, batch_size=d.ocr_guided_batch,
         lr=d.ocr_guided_lr, clip_max_norm=d.clip_max_norm, seed=cfg.seed,
         checkpoint_every=max(1, d.checkpoint_every), lr_decay_start=d.lr_decay_start,
         lr_decay_to=d.lr_decay_to, retrain=retrain, device=device or cfg.device, collate=_collate_words,
         desc=objective.name, progress=progress,
-        meta={"dncnn": guided.d2.hparams(), "profile": cfg.name, "n_words": len(words),
+        meta={"dncnn": guided.d2.hparams(), "profile": cfg.name, "n_words": len(words), "init": guided.init,
               "fallback_ground_truth_boxes": words.fallback},
     )
     guided.d2 = result.model
