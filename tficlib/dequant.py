@@ -715,7 +715,7 @@ def ocr_guided_objective(guided: OCRGuided, x_tilde_u8: torch.Tensor, clean_u8: 
             if anchor > 0:
                 x0, y0, x1, y1 = item["box"]
                 clean = clean_u8[item["index"], :, y0:y1, x0:x1].to(device).float() / 255.0
-                errors.append(F.mse_loss(patch, clean, reduction="sum") / patch.numel())
+                errors.append(F.mse_loss(patch, clean))
         logits = recognizer(ocr.pad_crops(crops))
         ctc = ocr.ctc_loss(logits, labels)
         mse = torch.stack(errors).mean() if errors else ctc.new_zeros(())
