@@ -22,6 +22,7 @@ finished codecs: ``<stage_dir>/models/<method>_<k>.pt`` (:func:`tficlib.codec.sa
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import statistics
@@ -110,11 +111,24 @@ def _fit(cfg, stage, name, model, objective, dataset, *, steps, batch_size, lr, 
     )
 
 
+def _saved_with(path: Path, meta: dict) -> bool:
+    """True when ``path`` holds a model saved with ``meta`` (a reused run need not be saved again).
+
+    The same name can hold another run's model (``tfic_2`` of a γ sweep that
+    started from another stage-1 model), so the file's existence is not enough.
+    """
+    if not path.exists():
+        return False
+    saved = artifacts.load_checkpoint(path).get("meta") or {}
+    normal = json.loads(json.dumps(meta, default=str))
+    return {k: saved.get(k) for k in normal} == normal
+
+
 def _save(cfg, stage, method, k, result, params) -> Run:
     path = model_path(cfg, stage, method, k)
     meta = {"stage": stage, "method": method, "k": k, "profile": cfg.name, **params,
             "steps": result.steps, "aux_loss": result.aux_loss}
-    if not (result.reused and path.exists()):
+    if not (result.reused and _saved_with(path, meta)):
         codec.save_model(path, result.model, meta)
     return Run(f"{method}_{k}", path, result.log, params, result.aux_loss, result.meta.get("seconds", 0.0),
                result.reused, result.resumed_from)
