@@ -314,9 +314,7 @@ def _learned_eval(cfg, stage: str, path: Path, images, labels, device, reader: C
     models are evaluated the same way and cached under
     ``data/<profile>/06_evaluation/eval/<stage>/``.
     """
-    import torch
-
-    from . import codec, tfic
+    from . import tfic
 
     items = list(zip(images, labels))
     if stage in (STAGE1, STAGE2) and reader is None:
@@ -324,14 +322,10 @@ def _learned_eval(cfg, stage: str, path: Path, images, labels, device, reader: C
     sig = {"model_sha256": artifacts.sha256_file(path), "n": len(items),
            "labels": zlib.crc32("\n".join(labels).encode())}
     cache = cfg.stage_dir(STAGE) / "eval" / stage / f"{path.stem}.json"
-    if reader is None and cache.exists():
-        data = artifacts.read_json(cache)
-        if data.get("signature") == sig:
-            return data
-    model, _ = codec.load_model(path, stage=stage, device=device)
-    ev = codec.evaluate_codec(model, items, batch_size=cfg.eval.batch_size, keep_reconstructions=True,
-                              ms_ssim=False)
-    recon = torch.cat(ev["reconstructions"]).clamp(0, 1)
+    data = tfic.cached(cache, sig) if reader is None else None
+    if data is not None:
+        return data
+    ev, recon, _ = tfic.decode(cfg, path, items, device, stage, ms_ssim=False)
     preds = read_in_chunks(reader or line_reader(), recon)
     data = {"signature": sig, "model": str(path), "bpp": ev["mean"]["bpp"], "psnr": ev["mean"]["psnr"],
             "preds": preds, "per_image_bpp": ev["bpp"]}

@@ -757,7 +757,7 @@ def evaluate(cfg, path, items, cache: RegionCache, device=None, refresh: bool = 
     """
     import zlib
 
-    from . import codec, metrics, ocr
+    from . import metrics, ocr, tfic
 
     path = Path(path)
     dev = device or cfg.device
@@ -767,14 +767,10 @@ def evaluate(cfg, path, items, cache: RegionCache, device=None, refresh: bool = 
            "n": len(items), "labels": zlib.crc32("\n".join(labels).encode()), "cache": cache.manifest_sha256,
            "kept": kept}
     store = cfg.stage_dir(STAGE) / "eval" / f"{path.stem}.json"
-    if store.exists() and not refresh:
-        data = artifacts.read_json(store)
-        if data.get("signature") == sig:
-            return data
-    model, _ = codec.load_model(path, stage=STAGE, device=dev)
-    ev = codec.evaluate_codec(model, items, batch_size=cfg.eval.batch_size, keep_reconstructions=True,
-                              ms_ssim=False)
-    recon = torch.cat(ev["reconstructions"]).clamp(0, 1)
+    data = None if refresh else tfic.cached(store, sig)
+    if data is not None:
+        return data
+    ev, recon, _ = tfic.decode(cfg, path, items, dev, STAGE, ms_ssim=False)
     read = ocr.read_lines(_as_saved(recon), device=dev)
     preds: list[list[str]] = []
     step = max(1, cfg.eval.batch_size)

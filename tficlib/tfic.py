@@ -43,7 +43,9 @@ __all__ = [
     "Run",
     "bd_summary",
     "checkpoint_path",
+    "cached",
     "curve",
+    "decode",
     "device_name",
     "evaluate_model",
     "evaluate_uncompressed",
@@ -261,6 +263,23 @@ def evaluate_uncompressed(cfg, items, device, stage: str = STAGE1) -> dict:
     return data
 
 
+def cached(store: Path, signature: dict) -> dict | None:
+    """The evaluation stored at ``store`` if it was made with ``signature`` (else None: evaluate again)."""
+    if not store.exists():
+        return None
+    data = artifacts.read_json(store)
+    return data if data.get("signature") == signature else None
+
+
+def decode(cfg, path, items, device, stage: str | None = None, ms_ssim: bool = True):
+    """Real bitstreams of the saved codec ``path`` on ``items`` -> (``codec.evaluate_codec`` result,
+    reconstructions (N, 3, H, W) clipped to [0, 1], the model's meta)."""
+    model, meta = codec.load_model(path, stage=stage, device=device)
+    ev = codec.evaluate_codec(model, items, batch_size=cfg.eval.batch_size, keep_reconstructions=True,
+                              ms_ssim=ms_ssim)
+    return ev, torch.cat(ev["reconstructions"]).clamp(0, 1), meta
+
+
 def evaluate_model(cfg, path, items, device, stage: str | None = None, refresh: bool = False) -> dict:
     """Real-bitstream evaluation of a saved codec on ``items`` (list of (image, label)).
 
@@ -276,13 +295,10 @@ def evaluate_model(cfg, path, items, device, stage: str | None = None, refresh: 
     sig = {"model_sha256": artifacts.sha256_file(artifacts.require(path, stage)), "n": len(items),
            "labels": zlib.crc32("\n".join(labels).encode())}
     cache = _cache_path(cfg, stage, path.stem)
-    if cache.exists() and not refresh:
-        data = artifacts.read_json(cache)
-        if data.get("signature") == sig:
-            return data
-    model, meta = codec.load_model(path, stage=stage, device=device)
-    ev = codec.evaluate_codec(model, items, batch_size=cfg.eval.batch_size, keep_reconstructions=True)
-    recon = torch.cat(ev["reconstructions"]).clamp(0, 1)
+    data = None if refresh else cached(cache, sig)
+    if data is not None:
+        return data
+    ev, recon, meta = decode(cfg, path, items, device, stage)
     preds = ocr.read_lines(recon, device=device)
     mean = ev["mean"]
     data = {
