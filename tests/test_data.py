@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from tficlib import artifacts, config, ocr
-from tficlib.data import pages, textlines
+from tficlib.data import manifest, pages, textlines
 
 
 @pytest.fixture
@@ -185,3 +185,20 @@ def test_quasicrystal_is_trdgs_formula(monkeypatch):
     ours = np.asarray(textlines._quasicrystal(24, 40, random.Random(1)).convert("L")).astype(int)
     assert reference.max() - reference.min() > 50  # a real pattern, not a flat patch
     assert np.abs(ours - reference).max() <= 1
+
+
+def test_read_rgb_gives_rgb_uint8_from_grey_and_rgba(tmp_path):
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+
+    g = manifest.read_rgb(tmp_path / "grey.png")
+    assert g.shape == (3, 4, 3) and g.dtype == np.uint8
+    assert (g == grey[..., None]).all()
+    c = manifest.read_rgb(tmp_path / "rgba.png")
+    assert c.shape == (3, 4, 3) and (c[..., 0] == 200).all() and (c[..., 1:] == 0).all()
+    c[0, 0, 0] = 1  # its own writable copy
+    with pytest.raises(FileNotFoundError):
+        manifest.read_rgb(tmp_path / "missing.png")

@@ -1,4 +1,4 @@
-"""Dataset manifests: the one place that checks generated files against their sha256.
+"""Dataset manifests: the one place that checks generated files against their sha256 (and reads them).
 
 Each split of a generated dataset has a ``manifest.json`` (a header describing how
 it was generated, then one entry per item with its files and their sha256).  It
@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from tficlib import artifacts
 
-__all__ = ["file_problems", "is_complete", "load"]
+__all__ = ["file_problems", "is_complete", "load", "read_rgb"]
 
 #: ``entries(manifest) -> [(relative file, expected sha256), ...]``
 Entries = Callable[[dict], Iterable[tuple[str, str]]]
@@ -66,3 +69,9 @@ def load(path: Path, stage: str, fmt: str, what: str, entries: Entries, regenera
             + f"; regenerate it: run {artifacts.NOTEBOOKS[stage]} (or {regenerate})"
         )
     return manifest
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """A dataset image file as a uint8 HxWx3 RGB array (its own copy: the file is closed on return)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).copy()

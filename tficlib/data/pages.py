@@ -451,8 +451,7 @@ class PatchDataset:
         """Patch ``index`` (``kind`` = ``clean`` or ``degraded``) as uint8 HxWx3."""
         if kind not in ("clean", "degraded"):
             raise ValueError(f"kind must be 'clean' or 'degraded', got {kind!r}")
-        with Image.open(self.root / self._items[index][kind]) as im:
-            return np.asarray(im.convert("RGB")).copy()
+        return manifest.read_rgb(self.root / self._items[index][kind])
 
     def __getitem__(self, index: int) -> dict:
         import torch

@@ -397,8 +397,7 @@ class TextLineDataset:
 
     def uint8(self, index: int) -> np.ndarray:
         """Image ``index`` as a uint8 HxWx3 RGB array."""
-        with Image.open(self.root / self._items[index].file) as im:
-            return np.asarray(im.convert("RGB")).copy()
+        return manifest.read_rgb(self.root / self._items[index].file)
 
     def __getitem__(self, index: int):
         import torch
