@@ -221,15 +221,15 @@ def test_ocr_guided_step_updates_only_d2():
     assert _same(before["craft"], _state(craft))
     assert _same(before["recognizer"], _state(recognizer))
     assert not _same(before["d2"], _state(guided.d2))
-    assert float(out["mse"]) == 0.0  # no anchor: the paper's OCR-only loss
+    assert float(out["mse"].detach()) == 0.0  # no anchor: the paper's OCR-only loss
     # with the pixel anchor μ: loss = CTC + μ·MSE(x̂_p, x_p); an identity D2 on x_p = x̃ has zero anchor error
     fresh = dequant.OCRGuided(d1)
     x8 = (x_tilde * 255).round().to(torch.uint8)
     same = dequant.ocr_guided_objective(fresh, x8, x8, anchor=50.0)(fresh.d2, batch)
-    assert float(same["mse"]) == 0.0 and torch.allclose(same["loss"], same["ctc"])
+    assert float(same["mse"].detach()) == 0.0 and torch.allclose(same["loss"], same["ctc"])
     white = torch.full_like(x8, 255)
     anchored = dequant.ocr_guided_objective(fresh, x8, white, anchor=50.0)(fresh.d2, batch)
-    assert float(anchored["mse"]) > 0.01
+    assert float(anchored["mse"].detach()) > 0.01
     assert torch.allclose(anchored["loss"], anchored["ctc"] + 50.0 * anchored["mse"])
 
 
