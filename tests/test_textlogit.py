@@ -279,7 +279,7 @@ def test_objective_adds_kappa_j_and_reference_has_none(recognizer, tiny_dataset)
     out = textlogit.text_logit_objective(0.001, 0.1, cache)(model, batch)
     assert "J" not in ref and float(out["J"].detach()) > 0
     # image 1 has no kept region: J is region 0's term halved by the batch mean
-    assert float(out["loss"].detach()) == pytest.approx(float(ref["loss"]) + 0.1 * float(out["J"].detach()), rel=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(float(ref["loss"].detach()) + 0.1 * float(out["J"].detach()), rel=1e-5)
     out["loss"].backward()
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.g_s.parameters())
     assert all(p.grad is None for p in recognizer.parameters())
