@@ -319,8 +319,7 @@ def _learned_eval(cfg, stage: str, path: Path, images, labels, device, reader: C
     items = list(zip(images, labels))
     if stage in (STAGE1, STAGE2) and reader is None:
         return tfic.evaluate_model(cfg, path, items, device, stage=stage)
-    sig = {"model_sha256": artifacts.sha256_file(path), "n": len(items),
-           "labels": zlib.crc32("\n".join(labels).encode())}
+    sig = tfic.signature(path, labels, stage)
     cache = cfg.stage_dir(STAGE) / "eval" / stage / f"{path.stem}.json"
     data = tfic.cached(cache, sig) if reader is None else None
     if data is not None:

@@ -755,16 +755,13 @@ def evaluate(cfg, path, items, cache: RegionCache, device=None, refresh: bool = 
     decoded image.  Cached in ``<stage>/eval/<model stem>.json``, keyed by the
     model file's SHA-256, the test items and the kept regions.
     """
-    import zlib
-
     from . import metrics, ocr, tfic
 
     path = Path(path)
     dev = device or cfg.device
     labels = [lab for _, lab in items]
     kept = None if cache.kept is None else hashlib.sha256(np.packbits(cache.kept.numpy()).tobytes()).hexdigest()
-    sig = {"version": EVAL_VERSION, "model_sha256": artifacts.sha256_file(artifacts.require(path, STAGE)),
-           "n": len(items), "labels": zlib.crc32("\n".join(labels).encode()), "cache": cache.manifest_sha256,
+    sig = {"version": EVAL_VERSION, **tfic.signature(path, labels, STAGE), "cache": cache.manifest_sha256,
            "kept": kept}
     store = cfg.stage_dir(STAGE) / "eval" / f"{path.stem}.json"
     data = None if refresh else tfic.cached(store, sig)

@@ -58,6 +58,7 @@ __all__ = [
     "rate_for_accuracy",
     "reconstruct",
     "runtime_table",
+    "signature",
     "subset",
     "train_mse_models",
 ]
@@ -263,6 +264,13 @@ def evaluate_uncompressed(cfg, items, device, stage: str = STAGE1) -> dict:
     return data
 
 
+def signature(path: Path, labels: list[str], stage: str | None = None) -> dict:
+    """What a stored evaluation of the codec ``path`` on ``labels`` is valid for: the model file's SHA-256,
+    the number of images and a CRC of their labels (see :func:`cached`)."""
+    return {"model_sha256": artifacts.sha256_file(artifacts.require(path, stage)), "n": len(labels),
+            "labels": zlib.crc32("\n".join(labels).encode())}
+
+
 def cached(store: Path, signature: dict) -> dict | None:
     """The evaluation stored at ``store`` if it was made with ``signature`` (else None: evaluate again)."""
     if not store.exists():
@@ -292,8 +300,7 @@ def evaluate_model(cfg, path, items, device, stage: str | None = None, refresh: 
     path = Path(path)
     stage = stage or artifacts.stage_of(path)
     labels = [lab for _, lab in items]
-    sig = {"model_sha256": artifacts.sha256_file(artifacts.require(path, stage)), "n": len(items),
-           "labels": zlib.crc32("\n".join(labels).encode())}
+    sig = signature(path, labels, stage)
     cache = _cache_path(cfg, stage, path.stem)
     data = None if refresh else cached(cache, sig)
     if data is not None:
