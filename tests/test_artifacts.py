@@ -120,3 +120,17 @@ def test_atomic_write_gives_usual_permissions(tmp_path):
     with artifacts.atomic_write(target, "w") as fh:
         fh.write("x")
     assert target.stat().st_mode & 0o777 == 0o666 & ~artifacts._UMASK
+
+
+def test_cached_json_returns_only_a_store_made_with_the_same_signature(tmp_path):
+    store = tmp_path / "eval" / "model.json"
+    sig = {"model_sha256": "ab" * 32, "n": 3, "labels": 123}
+    assert artifacts.cached_json(store, sig) is None  # nothing stored yet
+    artifacts.write_json(store, {"signature": sig, "accuracy": 0.5})
+    assert artifacts.cached_json(store, sig) == {"signature": sig, "accuracy": 0.5}
+    assert artifacts.cached_json(store, {**sig, "n": 4}) is None  # another test set: evaluate again
+    artifacts.write_json(store, [1, 2])
+    assert artifacts.cached_json(store, sig) is None  # not a stored evaluation at all
+    store.write_text("{broken")
+    with pytest.raises(artifacts.ArtifactError, match="not valid JSON"):
+        artifacts.cached_json(store, sig)

@@ -28,6 +28,7 @@ __all__ = [
     "MissingArtifact",
     "NOTEBOOKS",
     "atomic_write",
+    "cached_json",
     "load_checkpoint",
     "read_json",
     "read_results",
@@ -149,6 +150,19 @@ def read_json(path: str | os.PathLike, stage: str | None = None) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); delete it and re-run its notebook") from exc
+
+
+def cached_json(path: str | os.PathLike, signature: dict) -> dict | None:
+    """The JSON stored at ``path`` if it was written with ``signature`` under its ``"signature"`` key.
+
+    None when the file is missing or was made for something else (compute it again).  The one
+    test of whether a cached evaluation is still valid.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = read_json(path)
+    return data if isinstance(data, dict) and data.get("signature") == signature else None
 
 
 def write_results(cfg, stage: str, methods: dict, tables: dict | None = None, **extra) -> Path:

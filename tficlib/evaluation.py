@@ -277,12 +277,11 @@ def classic_curves(images, labels: Sequence[str], codecs: Sequence[str] | None =
         grid = list((qualities or {}).get(key, baselines.CODECS[key].qualities))
         sig = _signature(originals, labels, key, grid, reader_name)
         cache = Path(cache_dir) / f"classic_{key}.json" if cache_dir else None
-        if cache is not None and cache.exists():
-            data = artifacts.read_json(cache)
-            if data.get("signature") == sig:
-                out.methods[key], out.preds[key], out.num_bytes[key] = data["entry"], data["preds"], data["num_bytes"]
-                out.cached.append(key)
-                continue
+        data = artifacts.cached_json(cache, sig) if cache is not None else None
+        if data is not None:
+            out.methods[key], out.preds[key], out.num_bytes[key] = data["entry"], data["preds"], data["num_bytes"]
+            out.cached.append(key)
+            continue
         sw = baselines.sweep(key, originals, grid, keep=True, progress=progress)
         entry = sw.methods_entry()
         entry.update({k: [] for k in ("bytes", "accuracy", "accuracy_ci", "cer", "wer", "psnr")})
@@ -321,7 +320,7 @@ def _learned_eval(cfg, stage: str, path: Path, images, labels, device, reader: C
         return tfic.evaluate_model(cfg, path, items, device, stage=stage)
     sig = tfic.signature(path, labels, stage)
     cache = cfg.stage_dir(STAGE) / "eval" / stage / f"{path.stem}.json"
-    data = tfic.cached(cache, sig) if reader is None else None
+    data = artifacts.cached_json(cache, sig) if reader is None else None
     if data is not None:
         return data
     ev, recon, _ = tfic.decode(cfg, path, items, device, stage, ms_ssim=False)

@@ -764,7 +764,7 @@ def evaluate(cfg, path, items, cache: RegionCache, device=None, refresh: bool = 
     sig = {"version": EVAL_VERSION, **tfic.signature(path, labels, STAGE), "cache": cache.manifest_sha256,
            "kept": kept}
     store = cfg.stage_dir(STAGE) / "eval" / f"{path.stem}.json"
-    data = None if refresh else tfic.cached(store, sig)
+    data = None if refresh else artifacts.cached_json(store, sig)
     if data is not None:
         return data
     ev, recon, _ = tfic.decode(cfg, path, items, dev, STAGE, ms_ssim=False)

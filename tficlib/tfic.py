@@ -43,7 +43,6 @@ __all__ = [
     "Run",
     "bd_summary",
     "checkpoint_path",
-    "cached",
     "curve",
     "decode",
     "device_name",
@@ -253,10 +252,9 @@ def evaluate_uncompressed(cfg, items, device, stage: str = STAGE1) -> dict:
     labels = [lab for _, lab in items]
     cache = _cache_path(cfg, stage, "uncompressed")
     sig = {"n": len(items), "labels": zlib.crc32("\n".join(labels).encode())}
-    if cache.exists():
-        data = artifacts.read_json(cache)
-        if data.get("signature") == sig:
-            return data
+    data = artifacts.cached_json(cache, sig)
+    if data is not None:
+        return data
     images = torch.stack([x for x, _ in items])
     preds = ocr.read_lines(images, device=device)
     data = {"signature": sig, "preds": preds, **_text_scores(labels, preds)}
@@ -266,17 +264,9 @@ def evaluate_uncompressed(cfg, items, device, stage: str = STAGE1) -> dict:
 
 def signature(path: Path, labels: list[str], stage: str | None = None) -> dict:
     """What a stored evaluation of the codec ``path`` on ``labels`` is valid for: the model file's SHA-256,
-    the number of images and a CRC of their labels (see :func:`cached`)."""
+    the number of images and a CRC of their labels (see :func:`tficlib.artifacts.cached_json`)."""
     return {"model_sha256": artifacts.sha256_file(artifacts.require(path, stage)), "n": len(labels),
             "labels": zlib.crc32("\n".join(labels).encode())}
-
-
-def cached(store: Path, signature: dict) -> dict | None:
-    """The evaluation stored at ``store`` if it was made with ``signature`` (else None: evaluate again)."""
-    if not store.exists():
-        return None
-    data = artifacts.read_json(store)
-    return data if data.get("signature") == signature else None
 
 
 def decode(cfg, path, items, device, stage: str | None = None, ms_ssim: bool = True):
@@ -302,7 +292,7 @@ def evaluate_model(cfg, path, items, device, stage: str | None = None, refresh: 
     labels = [lab for _, lab in items]
     sig = signature(path, labels, stage)
     cache = _cache_path(cfg, stage, path.stem)
-    data = None if refresh else cached(cache, sig)
+    data = None if refresh else artifacts.cached_json(cache, sig)
     if data is not None:
         return data
     ev, recon, meta = decode(cfg, path, items, device, stage)
