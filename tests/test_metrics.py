@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tficlib import metrics as M
+from tficlib import tfic
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -210,3 +211,104 @@ def test_bd_bad_input():
 
 def test_bd_accepts_numpy():
     assert M.bd_rate(np.array(R), np.array(ACC), np.array(R) * 0.5, np.array(ACC)) == pytest.approx(-50.0)
+
+
+# ----------------------------------------------------------------------------- BD bootstrap
+def _per_image(means, n=40, spread=0.1, seed=0):
+    """Per-image values (points x n) whose means are exactly ``means``."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0.0, spread, (len(means), n))
+    noise -= noise.mean(1, keepdims=True)
+    return np.asarray(means, dtype=float)[:, None] + noise
+
+
+def test_bd_bootstrap_point_estimate_is_bd_of_the_means():
+    rates, acc = _per_image(R, spread=0.01, seed=1), _per_image(ACC, seed=2)
+    test_acc = _per_image([a + 0.04 for a in ACC], seed=3)
+    ci = M.bd_bootstrap(M.bd_quality_result, rates, acc, rates, test_acc, n_boot=200)
+    assert ci["value"] == pytest.approx(M.bd_quality(rates.mean(1), acc.mean(1), rates.mean(1), test_acc.mean(1)))
+    assert ci["value"] == pytest.approx(0.04, abs=0.01)
+    assert ci["low"] < ci["value"] < ci["high"] and ci["std"] > 0
+    assert ci["n_boot"] == 200 and ci["n_valid"] == 200 and ci["level"] == 0.95 and ci["reason"] is None
+
+
+def test_bd_bootstrap_is_paired_over_images():
+    # the test curve = the reference + 0.05 on every image: every replicate draws the same images for both
+    # curves, so the gain is exactly 0.05 in all of them and the interval has no width
+    rates, acc = _per_image(R, spread=0.01, seed=1), _per_image(ACC, spread=0.2, seed=2)
+    ci = M.bd_bootstrap(M.bd_quality_result, rates, acc, rates, acc + 0.05, n_boot=100)
+    assert ci["low"] == pytest.approx(0.05, abs=1e-9) and ci["high"] == pytest.approx(0.05, abs=1e-9)
+    same = M.bd_bootstrap(M.bd_rate_result, rates, acc, rates, acc, n_boot=50)
+    assert same["value"] == pytest.approx(0.0, abs=1e-9) and same["low"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bd_bootstrap_seeded_and_wider_at_higher_level():
+    rates, acc = _per_image(R, spread=0.01, seed=1), _per_image(ACC, seed=2)
+    test_acc = _per_image([a + 0.04 for a in ACC], seed=3)
+    a = M.bd_bootstrap(M.bd_rate_result, rates, acc, rates * 0.9, test_acc, n_boot=150, seed=7)
+    b = M.bd_bootstrap(M.bd_rate_result, rates, acc, rates * 0.9, test_acc, n_boot=150, seed=7)
+    c = M.bd_bootstrap(M.bd_rate_result, rates, acc, rates * 0.9, test_acc, n_boot=150, seed=8)
+    assert a == b and (a["low"], a["high"]) != (c["low"], c["high"])
+    wide = M.bd_bootstrap(M.bd_rate_result, rates, acc, rates * 0.9, test_acc, n_boot=150, seed=7, level=0.99)
+    assert wide["low"] <= a["low"] < a["value"] < a["high"] <= wide["high"]
+
+
+def test_bd_bootstrap_skips_undefined_qualities():
+    rates, cer = _per_image(R, spread=0.01, seed=1), _per_image([0.5, 0.3, 0.2, 0.1], spread=0.05, seed=2)
+    cer[:, 3] = np.nan  # an image without text region: no CER, but its bits still count
+    ci = M.bd_bootstrap(M.bd_rate_result, rates, cer, rates * 0.8, cer, higher_is_better=False, n_boot=50)
+    assert ci["value"] == pytest.approx(-20.0, abs=1e-6) and ci["low"] == pytest.approx(-20.0, abs=1e-6)
+    nones = [[None if np.isnan(v) else v for v in row] for row in cer]
+    assert M.bd_bootstrap(M.bd_rate_result, rates, nones, rates * 0.8, nones, higher_is_better=False,
+                          n_boot=5)["value"] == pytest.approx(-20.0, abs=1e-6)
+
+
+def test_bd_bootstrap_without_overlap_says_why():
+    rates, acc = _per_image(R, spread=0.01, seed=1), _per_image(ACC, spread=0.01, seed=2)
+    far = _per_image([0.95, 0.96, 0.97, 0.99], spread=0.001, seed=3)
+    ci = M.bd_bootstrap(M.bd_rate_result, rates, acc, rates, far, n_boot=20)
+    assert ci["value"] is None and ci["low"] is None and "0 of 20" in ci["reason"]
+    assert M.format_interval(ci).startswith("n/a (only 0 of 20")
+
+
+def test_bd_bootstrap_rejects_mismatched_inputs():
+    rates, acc = _per_image(R), _per_image(ACC)
+    with pytest.raises(ValueError, match="same images"):
+        M.bd_bootstrap(M.bd_rate_result, rates, acc, rates[:, :30], acc[:, :30])
+    with pytest.raises(ValueError, match="same shape per curve"):
+        M.bd_bootstrap(M.bd_rate_result, rates, acc[:3], rates, acc)
+    with pytest.raises(ValueError, match="points x images"):
+        M.bd_bootstrap(M.bd_rate_result, R, ACC, R, ACC)
+    with pytest.raises(ValueError, match="level"):
+        M.bd_bootstrap(M.bd_rate_result, rates, acc, rates, acc, level=95)
+    with pytest.raises(ValueError, match="rates must be finite"):
+        bad = rates.copy()
+        bad[0, 0] = np.nan
+        M.bd_bootstrap(M.bd_rate_result, bad, acc, rates, acc)
+
+
+def test_format_interval():
+    ci = {"value": -6.4171, "low": -10.565, "high": -2.001, "level": 0.95, "reason": None}
+    assert M.format_interval(ci) == "-6.42 (95 % interval -10.6 to -2)"
+    assert M.format_interval({**ci, "low": None, "high": None, "reason": "too few"}) == "-6.42 (no interval: too few)"
+
+
+def test_bd_intervals_match_bd_summary_on_the_means():
+    """tfic.bd_intervals: the same two numbers as bd_summary (from per-image values), with intervals."""
+    rng = np.random.default_rng(0)
+    n = 30
+
+    def ev(rate, acc):
+        a = np.clip(acc + rng.normal(0, 0.1, n), 0, 1)
+        return {"per_image_bpp": list(rate * (1 + rng.normal(0, 0.05, n))), "per_image_accuracy": list(a)}
+
+    ref = [ev(r, a) for r, a in zip((0.1, 0.2, 0.4, 0.8), (0.3, 0.6, 0.8, 0.9))]
+    test = [ev(r, a + 0.05) for r, a in zip((0.1, 0.2, 0.4, 0.8), (0.3, 0.6, 0.8, 0.9))]
+    curve = lambda evals: {"bpp": [float(np.mean(e["per_image_bpp"])) for e in evals],  # noqa: E731
+                           "accuracy": [float(np.mean(e["per_image_accuracy"])) for e in evals]}
+    summary = tfic.bd_summary(curve(ref), curve(test))
+    iv = tfic.bd_intervals(ref, test, n_boot=100)
+    for key in ("bd_accuracy", "bd_rate_accuracy"):
+        assert iv[key]["value"] == pytest.approx(summary[key])
+        assert iv[key]["low"] <= iv[key]["value"] <= iv[key]["high"]
+    assert iv["bd_accuracy"]["value"] > 0 and iv["bd_rate_accuracy"]["value"] < 0

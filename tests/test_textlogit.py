@@ -286,3 +286,27 @@ def test_objective_adds_kappa_j_and_reference_has_none(recognizer, tiny_dataset)
     assert textlogit.kappa_method(0.0, config.resolve("smoke")) == "reference"
     assert textlogit.kappa_method(0.1, config.resolve("smoke")) == "textlogit"
     assert textlogit.kappa_method(10.0, config.resolve("smoke")) == "kappa10"
+
+
+def test_bd_intervals_place_per_image_cer_on_the_images_with_text():
+    """Per-image CER exists only for images with text: the bootstrap puts each value on its image."""
+    n, with_text = 6, [0, 2, 3, 5]
+    bpp = [0.1, 0.2, 0.4, 0.8]
+    cer = [0.5, 0.3, 0.15, 0.05]
+
+    def ev(rate, c, shift=0.0):
+        per_cer = [c + shift * (k % 2) for k in range(len(with_text))]  # mean c + shift / 2
+        return {"per_image_bpp": [rate] * n, "per_image_cer": per_cer, "per_image_wer": per_cer}
+
+    ref = [ev(r, c) for r, c in zip(bpp, cer)]
+    test = [ev(0.8 * r, c) for r, c in zip(bpp, cer)]
+    iv = textlogit.bd_intervals(ref, test, with_text, n_boot=30)
+    assert set(iv) == {"bd_rate_cer", "bd_rate_wer", "bd_cer", "bd_wer"}
+    assert iv["bd_rate_cer"]["value"] == pytest.approx(-20.0, abs=1e-6)
+    assert iv["bd_rate_cer"]["low"] == pytest.approx(-20.0, abs=1e-6)  # same CER, 0.8x bits on every image
+    assert iv["bd_cer"]["value"] == pytest.approx(metrics.bd_quality(bpp, cer, [0.8 * r for r in bpp], cer,
+                                                                     higher_is_better=False, relative=True))
+    with pytest.raises(ValueError, match="3 per-image CER values but 4 images with text"):
+        textlogit.bd_intervals(ref, [{**e, "per_image_cer": e["per_image_cer"][:3]} for e in test], with_text)
+    with pytest.raises(ValueError, match="no per-image values for"):
+        textlogit.bd_intervals(ref, test, with_text, keys=("bd_psnr_db",))

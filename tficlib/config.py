@@ -151,6 +151,7 @@ class EvalCfg:
     timing_images: int = 50
     timing_warmup: int = 5
     batch_size: int = 16
+    bootstrap: int = 1000  # paired-bootstrap replicates for the confidence intervals of BD values
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,10 @@ Bjøntegaard deltas (``bjontegaard`` package, pchip interpolation)
       ranges that do not overlap, or overlap below ``min_overlap`` of the union
       range, default :data:`MIN_OVERLAP`) is NaN; :func:`bd_rate_result` /
       :func:`bd_quality_result` return a :class:`BDResult` that says why.
+    * :func:`bd_bootstrap` — how sure a BD value is: a paired bootstrap over
+      the test images (every point of both curves is measured on the same
+      images, so each replicate resamples the images once for all points)
+      gives a percentile confidence interval.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ __all__ = [
     "MS_SSIM_WEIGHTS",
     "accuracy",
     "alphanumeric",
+    "bd_bootstrap",
+    "format_interval",
     "bd_quality",
     "bd_quality_result",
     "bd_rate",
@@ -549,3 +555,87 @@ def bd_quality_result(
 def bd_quality(r_ref, q_ref, r_test, q_test, higher_is_better: bool = True, **kwargs) -> float:
     """Mean quality gain at equal rate (pchip); NaN when it cannot be computed (see :func:`bd_quality_result`)."""
     return bd_quality_result(r_ref, q_ref, r_test, q_test, higher_is_better, **kwargs).value
+
+
+def _per_image(values, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: per-image values must be numbers (None allowed as NaN): {exc}") from None
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"{name}: expected one list of per-image values per rate point "
+                         f"(points x images), got shape {a.shape}")
+    return a
+
+
+def bd_bootstrap(fn, ref_rates, ref_qualities, test_rates, test_qualities, *, n_boot: int = 1000,
+                 level: float = 0.95, seed: int = 0, **kwargs) -> dict:
+    """Paired bootstrap confidence interval of a Bjøntegaard delta over the test images.
+
+    ``fn``: :func:`bd_rate_result`, :func:`bd_quality_result` (or their float
+    versions); ``kwargs`` go to it (``higher_is_better``, ``relative`` ...).
+    Each of the four inputs holds one list of *per-image* values per rate
+    point (points x N), all over the same N test images in the same order.
+    A quality may be NaN (or None) for an image where it is undefined (CER of
+    a line without text region): means skip it, as the reported mean does.
+
+    The point estimate is ``fn`` on the per-point means.  Each of ``n_boot``
+    replicates draws N image indices with replacement, *the same for every
+    point of both curves* (the curves differ by codec, not by images: pairing
+    keeps the image-to-image spread out of the difference), recomputes the
+    means and ``fn``.  The interval is the ``level`` percentile interval of
+    the replicates that could be computed (a replicate whose curves stop
+    overlapping is NaN and left out; ``n_valid`` counts the others).
+
+    Returns ``value``, ``low``, ``high``, ``std`` (None where undefined),
+    ``level``, ``n_boot``, ``n_valid`` and ``reason`` (why there is no
+    interval, else None).
+    """
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rr, qr = _per_image(ref_rates, "reference rates"), _per_image(ref_qualities, "reference qualities")
+    rt, qt = _per_image(test_rates, "test rates"), _per_image(test_qualities, "test qualities")
+    if rr.shape != qr.shape or rt.shape != qt.shape:
+        raise ValueError(f"rates and qualities must have the same shape per curve: reference "
+                         f"{rr.shape} / {qr.shape}, test {rt.shape} / {qt.shape}")
+    if rr.shape[1] != rt.shape[1]:
+        raise ValueError(f"the curves must be measured on the same images: reference has "
+                         f"{rr.shape[1]} per point, test {rt.shape[1]}")
+    if not (np.all(np.isfinite(rr)) and np.all(np.isfinite(rt))):
+        raise ValueError("per-image rates must be finite numbers")
+
+    def estimate(idx) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any defined quality
+            means = [rr[:, idx].mean(1), np.nanmean(qr[:, idx], 1), rt[:, idx].mean(1), np.nanmean(qt[:, idx], 1)]
+        if not all(np.all(np.isfinite(m)) for m in means):
+            return float("nan")
+        return float(fn(*means, **kwargs))
+
+    n = rr.shape[1]
+    value = estimate(np.arange(n))
+    rng = np.random.default_rng(seed)
+    reps = np.array([estimate(rng.integers(0, n, n)) for _ in range(int(n_boot))])
+    valid = reps[np.isfinite(reps)]
+    out = {"value": value if math.isfinite(value) else None, "low": None, "high": None, "std": None,
+           "level": float(level), "n_boot": int(n_boot), "n_valid": int(valid.size), "reason": None}
+    if valid.size < max(2, int(n_boot) // 2):
+        out["reason"] = (f"only {valid.size} of {int(n_boot)} bootstrap replicates could be computed "
+                         "(the curves stop overlapping when the images are resampled)")
+        return out
+    alpha = (1.0 - float(level)) / 2.0
+    out["low"], out["high"] = (float(v) for v in np.quantile(valid, [alpha, 1.0 - alpha]))
+    out["std"] = float(valid.std(ddof=1))
+    return out
+
+
+def format_interval(ci: dict, spec: str = ".3g") -> str:
+    """One :func:`bd_bootstrap` result as text: ``-6.42 (95 % interval -10.6 to -2)`` or why there is none."""
+    if ci.get("value") is None:
+        return f"n/a ({ci.get('reason') or 'the BD value cannot be computed'})"
+    text = format(ci["value"], spec)
+    if ci.get("low") is None:
+        return f"{text} (no interval: {ci.get('reason')})"
+    return f"{text} ({100 * ci['level']:g} % interval {ci['low']:{spec}} to {ci['high']:{spec}})"

@@ -82,6 +82,7 @@ __all__ = [
     "cache_path",
     "collate_indexed",
     "curve",
+    "bd_intervals",
     "bd_tables",
     "kappa_sweep",
     "loss_scale",
@@ -107,6 +108,7 @@ __all__ = [
     "region_filter",
     "region_logits",
     "region_cache",
+    "text_images",
     "text_logit_objective",
 ]
 
@@ -799,6 +801,22 @@ def curve(evals: list[dict], description: str, **params) -> dict:
     return out
 
 
+def _bd_specs() -> dict:
+    """Tables 1 and 2: ``key -> (BD function, metric, options)`` (see :func:`bd_tables`)."""
+    from . import metrics
+
+    lower = {"higher_is_better": False}
+    return {
+        "bd_rate_cer": (metrics.bd_rate_result, "cer", lower),
+        "bd_rate_wer": (metrics.bd_rate_result, "wer", lower),
+        "bd_cer": (metrics.bd_quality_result, "cer", {**lower, "relative": True}),
+        "bd_wer": (metrics.bd_quality_result, "wer", {**lower, "relative": True}),
+        "bd_psnr_db": (metrics.bd_quality_result, "psnr", {}),
+        "bd_psnr_percent": (metrics.bd_quality_result, "psnr", {"relative": True}),
+        "bd_accuracy": (metrics.bd_quality_result, "accuracy", {}),
+    }
+
+
 def bd_tables(reference: dict, test: dict) -> dict:
     """Tables 1 and 2 of the paper for ``test`` against ``reference`` (curves of :func:`curve`).
 
@@ -809,24 +827,57 @@ def bd_tables(reference: dict, test: dict) -> dict:
     operational curves (:mod:`tficlib.metrics`); a value that cannot be
     computed is None with its reason.
     """
+    out = {}
+    for key, (fn, metric, options) in _bd_specs().items():
+        res = fn(reference["bpp"], reference[metric], test["bpp"], test[metric], **options)
+        out[key] = {"value": res.value if res.ok else None, "reason": res.reason}
+    return out
+
+
+def text_images(cache: RegionCache, n: int | None = None) -> list[int]:
+    """Indices of the images with at least one kept region: those with a CER/WER (Eq. 7), in order."""
+    return [i for i in range(cache.n_images if n is None else n) if cache.regions_of(i)]
+
+
+def bd_intervals(ref_evals: Sequence[dict], test_evals: Sequence[dict], images_with_text: Sequence[int],
+                 n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 keys: Sequence[str] = ("bd_rate_cer", "bd_rate_wer", "bd_cer", "bd_wer")) -> dict:
+    """Confidence intervals of :func:`bd_tables`' CER/WER values over the test images.
+
+    ``ref_evals`` / ``test_evals``: :func:`evaluate` results of each curve's
+    points (``per_image_bpp`` over all N test images, ``per_image_cer`` /
+    ``per_image_wer`` over ``images_with_text`` = :func:`text_images`).  A
+    paired bootstrap over the images (:func:`tficlib.metrics.bd_bootstrap`);
+    an image without text region counts for the rate and not for CER/WER,
+    as in the reported means.
+    """
     from . import metrics
 
-    def pack(res) -> dict:
-        return {"value": res.value if res.ok else None, "reason": res.reason}
+    specs = _bd_specs()
+    unknown = [k for k in keys if k not in specs or specs[k][1] not in ("cer", "wer")]
+    if unknown:
+        raise ValueError(f"no per-image values for {unknown}: intervals exist for the CER/WER values "
+                         f"{[k for k, s in specs.items() if s[1] in ('cer', 'wer')]}")
+    images_with_text = [int(i) for i in images_with_text]
 
-    r_ref, r_test = reference["bpp"], test["bpp"]
-    return {
-        "bd_rate_cer": pack(metrics.bd_rate_result(r_ref, reference["cer"], r_test, test["cer"], higher_is_better=False)),
-        "bd_rate_wer": pack(metrics.bd_rate_result(r_ref, reference["wer"], r_test, test["wer"], higher_is_better=False)),
-        "bd_cer": pack(metrics.bd_quality_result(r_ref, reference["cer"], r_test, test["cer"], higher_is_better=False,
-                                                 relative=True)),
-        "bd_wer": pack(metrics.bd_quality_result(r_ref, reference["wer"], r_test, test["wer"], higher_is_better=False,
-                                                 relative=True)),
-        "bd_psnr_db": pack(metrics.bd_quality_result(r_ref, reference["psnr"], r_test, test["psnr"])),
-        "bd_psnr_percent": pack(metrics.bd_quality_result(r_ref, reference["psnr"], r_test, test["psnr"],
-                                                          relative=True)),
-        "bd_accuracy": pack(metrics.bd_quality_result(r_ref, reference["accuracy"], r_test, test["accuracy"])),
-    }
+    def per_image(e: dict, metric: str) -> list[float]:
+        values = e[f"per_image_{metric}"]
+        if len(values) != len(images_with_text):
+            raise ValueError(f"{e.get('model', 'an evaluation')}: {len(values)} per-image {metric.upper()} values "
+                             f"but {len(images_with_text)} images with text")
+        full = [float("nan")] * len(e["per_image_bpp"])
+        for i, v in zip(images_with_text, values):
+            full[i] = v
+        return full
+
+    out = {}
+    for key in keys:
+        fn, metric, options = specs[key]
+        curves = []
+        for evals in (ref_evals, test_evals):
+            curves += [[e["per_image_bpp"] for e in evals], [per_image(e, metric) for e in evals]]
+        out[key] = metrics.bd_bootstrap(fn, *curves, n_boot=n_boot, level=level, seed=seed, **options)
+    return out
 
 
 def plot_rate_text(methods: dict, title: str = "", styles: dict | None = None):

@@ -28,6 +28,7 @@ import platform
 import statistics
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ __all__ = [
     "STAGE1",
     "STAGE2",
     "Run",
+    "bd_intervals",
     "bd_summary",
     "checkpoint_path",
     "curve",
@@ -328,6 +330,9 @@ def curve(evals: list[dict], description: str, **params) -> dict:
 
 
 # --------------------------------------------------------------------------- comparisons
+BD_FUNCTIONS = (("bd_accuracy", metrics.bd_quality_result), ("bd_rate_accuracy", metrics.bd_rate_result))
+
+
 def bd_summary(ref: dict, test: dict) -> dict:
     """BD-accuracy (mean accuracy gain at equal rate, pchip) and BD-rate on the accuracy axis.
 
@@ -335,11 +340,28 @@ def bd_summary(ref: dict, test: dict) -> dict:
     value comes with ``None`` or the reason it could not be computed.
     """
     out = {}
-    for key, fn in (("bd_accuracy", metrics.bd_quality_result), ("bd_rate_accuracy", metrics.bd_rate_result)):
+    for key, fn in BD_FUNCTIONS:
         res = fn(ref["bpp"], ref["accuracy"], test["bpp"], test["accuracy"])
         out[key] = res.value if res.ok else None
         out[key + "_reason"] = res.reason
     return out
+
+
+def bd_intervals(ref_evals: Sequence[dict], test_evals: Sequence[dict], n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Confidence intervals of :func:`bd_summary`'s two values over the test lines.
+
+    ``ref_evals`` / ``test_evals``: the :func:`evaluate_model` results of each
+    curve's points (their ``per_image_bpp`` and ``per_image_accuracy``, all on
+    the same test lines).  A paired bootstrap over the lines
+    (:func:`tficlib.metrics.bd_bootstrap`): how much of a BD value is the
+    codecs and how much the 200 (``cpu``) lines that happened to be drawn.
+    """
+    curves = []
+    for evals in (ref_evals, test_evals):
+        curves += [[e["per_image_bpp"] for e in evals], [e["per_image_accuracy"] for e in evals]]
+    return {key: metrics.bd_bootstrap(fn, *curves, n_boot=n_boot, level=level, seed=seed)
+            for key, fn in BD_FUNCTIONS}
 
 
 def rate_for_accuracy(entry: dict, target: float) -> float | None:
