@@ -1,6 +1,7 @@
 # The two commands (see README):
 #   make reproduce   the notebook pipeline in the default profile (auto: paper on CUDA, else cpu)
 #   make test        pytest + nbval on the notebooks under the smoke profile (what CI runs)
+#   make dryrun      the whole chain of PROFILE at its shapes, a few steps per stage (data/<profile>-dryrun/)
 # Both create .venv from requirements.lock if it is missing.
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ PIP    := $(PY) -m pip
 PROFILE ?= auto
 STAMP  := $(VENV)/.tficlib-installed
 
-.PHONY: reproduce test venv lint lock clean-data
+.PHONY: reproduce dryrun test venv lint lock clean-data
 
 venv: $(STAMP)
 
@@ -27,6 +28,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 reproduce: $(STAMP)
 	$(PY) -m tficlib run --profile $(PROFILE)
+
+dryrun: $(STAMP)
+	$(PY) -m tficlib run --profile $(PROFILE) --dry-run
 
 test: $(STAMP)
 	TFIC_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider tests

@@ -46,7 +46,8 @@ def test_profiles_are_frozen_and_overridable():
 def test_paper_scale_matches_the_papers():
     paper = config.resolve("paper", device="cpu")
     assert (paper.textlines.n_train, paper.textlines.n_test) == (20000, 600)
-    assert (paper.textlines.height, paper.textlines.width) == (256, 512)
+    # 128x512, not the paper's 256x512: the whole-line read needs a 1:4 line (tficlib.config, README)
+    assert (paper.textlines.height, paper.textlines.width) == (128, 512)
     assert (paper.pages.patch_height, paper.pages.patch_width, paper.pages.patches_per_page) == (64, 256, 10)
     assert paper.pages.jpeg_quality == 1
     assert paper.tfic.gamma == 0.1
@@ -84,3 +85,69 @@ def test_setup_seeds_torch():
     a = torch.rand(3)
     config.setup(cfg, 123)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_overrides_make_a_variant_with_its_own_folders(monkeypatch, tmp_path):
+    monkeypatch.setenv("TFIC_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("TFIC_FIGURES", str(tmp_path / "figures"))
+    cpu = config.resolve("cpu", device="cpu")
+    sets = config.parse_assignments(["codec.base_steps=10", "tfic.gammas=[0.1, 1]", "eval.n_test=null", "seed=3",
+                                     "codec.model=mbt2018-mean"])
+    assert sets == {"codec.base_steps": 10, "tfic.gammas": [0.1, 1], "eval.n_test": None, "seed": 3,
+                    "codec.model": "mbt2018-mean"}
+    custom = config.apply_overrides(cpu, sets)
+    assert (custom.codec.base_steps, custom.tfic.gammas, custom.eval.n_test, custom.seed) == (10, (0.1, 1), None, 3)
+    assert custom.codec.model == "mbt2018-mean" and custom.codec.N == cpu.codec.N  # the rest stays the profile's
+    assert custom.name == "cpu" and custom.variant == "custom" and not custom.quick
+    assert custom.data_dir == tmp_path / "data" / "cpu-custom"
+    assert custom.figures_dir == tmp_path / "figures" / "cpu-custom"
+    assert cpu.data_dir == tmp_path / "data" / "cpu" and cpu.variant == ""
+    assert config.apply_overrides(cpu, {"variant": "long", "tfic.steps": 900}).data_dir.name == "cpu-long"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"codecs.N": 1}, "unknown setting 'codecs.N': the first part must be one of seed, textlines"),
+    ({"codec.NN": 1}, "unknown setting 'codec.NN': codec has M, N, aux_lr"),
+    ({"codec": 1}, "unknown setting 'codec': codec has"),
+    ({"seed.value": 1}, "seed is a plain value"),
+    ({"name": "paper"}, "unknown setting 'name'"),
+    ({"variant": "../x"}, "names a folder"),
+    ([1, 2], "must be a JSON object"),
+])
+def test_bad_overrides_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        config.apply_overrides(config.resolve("smoke", device="cpu"), overrides)
+
+
+def test_bad_assignment_is_named():
+    with pytest.raises(ValueError, match="bad override 'codec.N': expected section.field=value"):
+        config.parse_assignments(["codec.N"])
+
+
+def test_environment_overrides(monkeypatch):
+    monkeypatch.setenv(config.OVERRIDES_ENV, '{"variant": "dryrun", "textlines.n_train": 32}')
+    cfg = config.resolve("paper", device="cpu")
+    assert cfg.textlines.n_train == 32 and cfg.textlines.n_test == 600 and cfg.quick
+    assert cfg.data_dir.name == "paper-dryrun"
+    monkeypatch.setenv(config.OVERRIDES_ENV, "{codec: 1")
+    with pytest.raises(ValueError, match="TFIC_OVERRIDES is not valid JSON"):
+        config.resolve("paper", device="cpu")
+    monkeypatch.setenv(config.OVERRIDES_ENV, "")
+    assert config.resolve("paper", device="cpu").variant == ""
+
+
+def test_dry_run_keeps_shapes_and_models_and_cuts_amounts():
+    for name in ("cpu", "paper"):
+        full = config.resolve(name, device="cpu")
+        dry = config.apply_overrides(full, config.dry_run_overrides(full))
+        assert dry.quick and dry.variant == "dryrun" and dry.name == name
+        for section, fields in {"textlines": ("height", "width"), "codec": ("N", "M", "lambdas", "batch_size"),
+                                "tfic": ("gammas", "batch_size"), "textlogit": ("kappas",),
+                                "pages": ("patch_height", "patch_width", "jpeg_quality", "downsample"),
+                                "dequant": ("depth", "features", "crop", "batch_size", "ocr_guided_batch")}.items():
+            for f in fields:
+                assert getattr(getattr(dry, section), f) == getattr(getattr(full, section), f), (name, section, f)
+        assert dry.textlines.n_train <= 32 and dry.codec.base_steps <= 4 and dry.tfic.steps <= 3
+        assert dry.dequant.steps <= 4 and dry.eval.n_test <= 8
+        assert (dry.codec.lambda_steps == 0) == (full.codec.lambda_steps == 0)  # the paper trains each λ from scratch
+    assert config.resolve("smoke", device="cpu").quick and not config.resolve("cpu", device="cpu").quick

@@ -62,3 +62,33 @@ def test_cli_run_rejects_unknown_profile(capsys):
     assert main(["run", "--profile", "gpu"]) == 2
     err = capsys.readouterr().err
     assert "unknown profile 'gpu'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "codec.N"], "bad override 'codec.N': expected section.field=value"),
+    (["--set", "codec.NN=3"], "unknown setting 'codec.NN'"),
+])
+def test_cli_run_rejects_bad_overrides(capsys, tmp_data, argv, message):
+    from tficlib.__main__ import main
+
+    assert main(["run", "--profile", "smoke", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_data / "data" / "smoke-custom").exists()  # rejected before anything is written
+
+
+@pytest.mark.slow
+def test_pipeline_passes_overrides_to_the_notebooks(fake_notebooks, tmp_data, monkeypatch):
+    monkeypatch.delenv("TFIC_OVERRIDES", raising=False)
+    _notebook(fake_notebooks / "00_check.ipynb",
+              "from tficlib import config\n"
+              "cfg = config.resolve(PROFILE)\n"
+              "assert (cfg.variant, cfg.quick, cfg.tfic.steps, cfg.codec.base_steps) == ('dryrun', True, 7, 4), cfg\n"
+              "assert cfg.data_dir.name == 'smoke-dryrun'")
+    runs = runner.run_pipeline("smoke", log=lambda *a, **k: None, dry_run=True, overrides={"tfic.steps": 7})
+    assert [r.notebook.name for r in runs] == ["00_check.ipynb"]
+    assert (tmp_data / "data" / "smoke-dryrun" / "executed" / "00_check.ipynb").exists()
+    assert not (tmp_data / "data" / "smoke").exists()
+    assert "TFIC_OVERRIDES" not in __import__("os").environ  # restored after the run
+    with pytest.raises(ValueError, match="unknown setting 'tfic.stepz'"):
+        runner.run_pipeline("smoke", log=lambda *a, **k: None, overrides={"tfic.stepz": 7})

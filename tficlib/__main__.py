@@ -21,7 +21,8 @@ class UsageError(Exception):
 def _cmd_run(args) -> int:
     from .runner import run_pipeline
 
-    run_pipeline(args.profile, args.first, args.last)
+    run_pipeline(args.profile, args.first, args.last, overrides=config.parse_assignments(args.set),
+                 dry_run=args.dry_run)
     return 0
 
 
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None, help="smoke | cpu | paper | auto (default: $TFIC_PROFILE or auto)")
     p.add_argument("--from", dest="first", default=None, help="first notebook prefix, e.g. 00")
     p.add_argument("--to", dest="last", default=None, help="last notebook prefix, e.g. 06")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="change an amount, e.g. --set codec.base_steps=10 (repeatable; JSON values); "
+                        "the run becomes the variant 'custom' in data/<profile>-custom/")
+    p.add_argument("--dry-run", action="store_true",
+                   help="the whole chain at the profile's shapes with a few images and steps per stage "
+                        "(variant 'dryrun', data/<profile>-dryrun/): check a GPU machine before the long run")
     p.set_defaults(func=_cmd_run)
 
     from . import cli_codec

@@ -80,24 +80,41 @@ def _failed_cell(exc: Exception, executed: Path) -> tuple[int | None, str]:
 
 
 def run_pipeline(profile: str = "auto", first: str | None = None, last: str | None = None,
-                 log=print, extra_parameters: dict | None = None) -> list[NotebookRun]:
+                 log=print, extra_parameters: dict | None = None, overrides: dict | None = None,
+                 dry_run: bool = False) -> list[NotebookRun]:
     """Execute the notebooks ``first``..``last`` with papermill in ``profile``.
 
+    ``overrides`` (dotted keys, :func:`tficlib.config.apply_overrides`) and
+    ``dry_run`` (:func:`tficlib.config.dry_run_overrides`, applied first) make
+    the run a variant: the notebooks get them through ``$TFIC_OVERRIDES`` and
+    write to ``data/<profile>-<variant>/``.
     Returns one :class:`NotebookRun` per notebook; raises :class:`NotebookFailed`
     at the first failure.  Timings are merged into ``data/<profile>/timings.json``.
     """
+    import json
+
     import papermill
 
-    cfg = config.resolve(profile)
+    cfg = config.resolve(profile)  # with $TFIC_OVERRIDES, if set
+    changes = {**(config.env_overrides() or {}), **(config.dry_run_overrides(cfg) if dry_run else {}),
+               **(overrides or {})}
+    if changes:
+        cfg = config.apply_overrides(cfg, changes)  # checked here, before any notebook starts
     notebooks = list_notebooks(first, last)
     executed_dir = cfg.data_dir / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
     timings_path = cfg.data_dir / "timings.json"
     timings = read_json(timings_path) if timings_path.exists() else {}
     env_profile = os.environ.get("TFIC_PROFILE")
+    env_overrides = os.environ.get(config.OVERRIDES_ENV)
     os.environ["TFIC_PROFILE"] = cfg.name
+    if changes:
+        os.environ[config.OVERRIDES_ENV] = json.dumps(changes)
+    else:
+        os.environ.pop(config.OVERRIDES_ENV, None)
     runs: list[NotebookRun] = []
-    log(f"tficlib: running {len(notebooks)} notebook(s) in profile {cfg.name!r} on {cfg.device}")
+    variant = f" (variant {cfg.variant!r}, data in {cfg.data_dir})" if cfg.variant else ""
+    log(f"tficlib: running {len(notebooks)} notebook(s) in profile {cfg.name!r} on {cfg.device}{variant}")
     try:
         for i, nb in enumerate(notebooks, 1):
             out = executed_dir / nb.name
@@ -123,10 +140,11 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
             runs.append(NotebookRun(nb, out, seconds))
             log(f" done in {seconds:.0f} s")
     finally:
-        if env_profile is None:
-            os.environ.pop("TFIC_PROFILE", None)
-        else:
-            os.environ["TFIC_PROFILE"] = env_profile
+        for key, value in (("TFIC_PROFILE", env_profile), (config.OVERRIDES_ENV, env_overrides)):
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     total = sum(r.seconds for r in runs)
     log(f"tficlib: {len(runs)} notebook(s) in {total / 60:.1f} min; timings in {timings_path}")
     figures = sorted(cfg.figures_dir.glob("*.png")) if cfg.figures_dir.exists() else []

@@ -3,7 +3,9 @@
 The paper trains and tests on synthetic lines from the TextRecognitionDataGenerator
 (trdg): about 20k training and 600 test images of 256x512.  We build the same kind
 of data with trdg's own pieces, at the resolution of the profile
-(``cfg.textlines.height x width``; ``paper``: 256x512, ``cpu``/``smoke``: 64x256):
+(``cfg.textlines.height x width``; ``paper``: 128x512, ``cpu``/``smoke``: 64x256 -- the
+stages read each line whole with EasyOCR's recognizer at height 64, which needs a 1:4
+canvas: on 256x512 lines that read falls to about 0.53, see ``tficlib.config``):
 
 * **text** -- 1 to 4 words from trdg's English dictionary (``trdg/dicts/en.txt``),
   or trdg-like random strings of letters and digits (as trdg's
