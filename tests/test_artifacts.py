@@ -59,6 +59,12 @@ def test_results_schema_round_trip(tmp_data):
     assert data["methods"]["mse"]["accuracy"] == [0.3, 0.5]
     assert data["methods"]["mse"]["psnr"] == [20.0, None]  # non-finite numbers become null
     assert artifacts.read_results(cfg, "01_mse_pretraining") == data
+    assert "variant" not in data and "overrides" not in data
+    custom = config.apply_overrides(cfg, {"codec.base_steps": 2, "tfic.gammas": [0.3]})
+    data = json.loads(artifacts.write_results(custom, "01_mse_pretraining", methods).read_text())
+    assert data["profile"] == "smoke" and data["variant"] == "custom"
+    assert data["overrides"] == {"codec.base_steps": 2, "tfic.gammas": [0.3]}
+    assert artifacts.read_results(custom, "01_mse_pretraining") == data != artifacts.read_results(cfg, "01_mse_pretraining")
 
 
 def test_results_reject_misaligned_curves(tmp_data):

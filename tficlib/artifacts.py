@@ -182,6 +182,9 @@ def write_results(cfg, stage: str, methods: dict, tables: dict | None = None, **
             raise ValueError(f"methods[{key!r}]: lists are not aligned by rate point: {lengths}")
     data = {"stage": stage, "profile": cfg.name, "seed": cfg.seed, "methods": methods,
             "tables": tables or {}}
+    if getattr(cfg, "variant", ""):  # a run with overridden amounts says which (tficlib.config.apply_overrides)
+        data["variant"] = cfg.variant
+        data["overrides"] = json.loads(cfg.overrides or "{}")
     data.update(extra)
     return write_json(cfg.stage_dir(stage) / "results.json", data)
 

@@ -185,6 +185,7 @@ class Profile:
     eval: EvalCfg = field(default_factory=EvalCfg)
     num_threads: int | None = None  # torch threads; None: leave torch's default
     variant: str = ""  # non-empty when amounts were overridden (see apply_overrides)
+    overrides: str = ""  # those overrides as sorted JSON (recorded in every results.json of the variant)
 
     @property
     def quick(self) -> bool:
@@ -389,7 +390,11 @@ def apply_overrides(cfg: Profile, overrides: dict) -> Profile:
             if dot:
                 raise ValueError(f"unknown setting {key!r}: {section} is a plain value, write {section}=...")
             changes[section] = value
-    return dataclasses.replace(cfg.with_overrides(**changes), variant=variant)
+    import json
+
+    recorded = {**json.loads(cfg.overrides or "{}"), **overrides}
+    return dataclasses.replace(cfg.with_overrides(**changes), variant=variant,
+                               overrides=json.dumps(recorded, sort_keys=True))
 
 
 def env_overrides() -> dict | None:
