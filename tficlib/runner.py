@@ -89,7 +89,7 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     the run a variant: the notebooks get them through ``$TFIC_OVERRIDES`` and
     write to ``data/<profile>-<variant>/``.
     Returns one :class:`NotebookRun` per notebook; raises :class:`NotebookFailed`
-    at the first failure.  Timings are merged into ``data/<profile>/timings.json``.
+    at the first failure.  Timings are merged into ``timings.json`` in ``cfg.data_dir``.
     """
     import json
 
