@@ -151,3 +151,11 @@ def test_dry_run_keeps_shapes_and_models_and_cuts_amounts():
         assert dry.dequant.steps <= 4 and dry.eval.n_test <= 8
         assert (dry.codec.lambda_steps == 0) == (full.codec.lambda_steps == 0)  # the paper trains each λ from scratch
     assert config.resolve("smoke", device="cpu").quick and not config.resolve("cpu", device="cpu").quick
+
+
+def test_overrides_accumulate_and_keep_the_variant():
+    cpu = config.resolve("cpu", device="cpu")
+    long = config.apply_overrides(cpu, {"variant": "long", "tfic.steps": 900})
+    more = config.apply_overrides(long, {"tfic.batch_size": 4})
+    assert (more.variant, more.tfic.steps, more.tfic.batch_size) == ("long", 900, 4)
+    assert __import__("json").loads(more.overrides) == {"tfic.steps": 900, "tfic.batch_size": 4}

@@ -92,3 +92,15 @@ def test_pipeline_passes_overrides_to_the_notebooks(fake_notebooks, tmp_data, mo
     assert "TFIC_OVERRIDES" not in __import__("os").environ  # restored after the run
     with pytest.raises(ValueError, match="unknown setting 'tfic.stepz'"):
         runner.run_pipeline("smoke", log=lambda *a, **k: None, overrides={"tfic.stepz": 7})
+
+
+@pytest.mark.slow
+def test_pipeline_keeps_environment_overrides(fake_notebooks, tmp_data, monkeypatch):
+    monkeypatch.setenv("TFIC_OVERRIDES", '{"variant": "long", "tfic.steps": 900}')
+    _notebook(fake_notebooks / "00_check.ipynb",
+              "from tficlib import config\n"
+              "cfg = config.resolve(PROFILE)\n"
+              "assert (cfg.variant, cfg.tfic.steps, cfg.tfic.batch_size) == ('long', 900, 2), cfg")
+    runner.run_pipeline("smoke", log=lambda *a, **k: None, overrides={"tfic.batch_size": 2})
+    assert (tmp_data / "data" / "smoke-long" / "executed" / "00_check.ipynb").exists()
+    assert __import__("os").environ["TFIC_OVERRIDES"] == '{"variant": "long", "tfic.steps": 900}'

@@ -41,7 +41,6 @@ __all__ = [
     "UnknownProfile",
     "apply_overrides",
     "dry_run_overrides",
-    "env_overrides",
     "parse_assignments",
     "repo_root",
     "resolve",
@@ -361,14 +360,14 @@ def apply_overrides(cfg: Profile, overrides: dict) -> Profile:
 
     ``{"codec.base_steps": 10, "seed": 1}``; lists become tuples where the
     field holds a tuple; the reserved key ``"variant"`` names the variant
-    (default ``custom``), which moves the run's artifacts to
+    (default: ``cfg``'s own variant, else ``custom``), which moves the run's artifacts to
     ``data/<profile>-<variant>/``.  The profile's name (and so its targets)
     stays.  Unknown sections or fields are errors that list the valid ones.
     """
     if not isinstance(overrides, dict):
         raise ValueError(f"overrides must be a JSON object of dotted keys, got {type(overrides).__name__}")
     overrides = dict(overrides)
-    variant = str(overrides.pop("variant", "custom") or "custom")
+    variant = str(overrides.pop("variant", None) or cfg.variant or "custom")
     if not variant.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"variant {variant!r} must be letters, digits, '-' or '_' (it names a folder)")
     top = {f.name: f for f in dataclasses.fields(cfg)}
@@ -397,7 +396,7 @@ def apply_overrides(cfg: Profile, overrides: dict) -> Profile:
                                overrides=json.dumps(recorded, sort_keys=True))
 
 
-def env_overrides() -> dict | None:
+def _env_overrides() -> dict | None:
     """The overrides in ``$TFIC_OVERRIDES`` (None if unset or empty); invalid JSON is an error."""
     import json
 
@@ -442,7 +441,7 @@ def resolve(name: str | None = None, *, device: str | None = None) -> Profile:
     if key == "auto":
         key = "paper" if cuda else "cpu"
     cfg = PROFILES[key](device)
-    overrides = env_overrides()
+    overrides = _env_overrides()
     return cfg if overrides is None else apply_overrides(cfg, overrides)
 
 

@@ -96,8 +96,7 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     import papermill
 
     cfg = config.resolve(profile)  # with $TFIC_OVERRIDES, if set
-    changes = {**(config.env_overrides() or {}), **(config.dry_run_overrides(cfg) if dry_run else {}),
-               **(overrides or {})}
+    changes = {**(config.dry_run_overrides(cfg) if dry_run else {}), **(overrides or {})}
     if changes:
         cfg = config.apply_overrides(cfg, changes)  # checked here, before any notebook starts
     notebooks = list_notebooks(first, last)
@@ -108,8 +107,8 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     env_profile = os.environ.get("TFIC_PROFILE")
     env_overrides = os.environ.get(config.OVERRIDES_ENV)
     os.environ["TFIC_PROFILE"] = cfg.name
-    if changes:
-        os.environ[config.OVERRIDES_ENV] = json.dumps(changes)
+    if cfg.variant:  # everything changed so far, for config.resolve in each notebook
+        os.environ[config.OVERRIDES_ENV] = json.dumps({**json.loads(cfg.overrides), "variant": cfg.variant})
     else:
         os.environ.pop(config.OVERRIDES_ENV, None)
     runs: list[NotebookRun] = []
