@@ -111,6 +111,7 @@ def test_overrides_make_a_variant_with_its_own_folders(monkeypatch, tmp_path):
     ({"codec": 1}, "unknown setting 'codec': codec has"),
     ({"seed.value": 1}, "seed is a plain value"),
     ({"name": "paper"}, "unknown setting 'name'"),
+    ({"overrides": "{}"}, "unknown setting 'overrides'"),
     ({"variant": "../x"}, "names a folder"),
     ([1, 2], "must be a JSON object"),
 ])

@@ -29,6 +29,7 @@ GPU machine) in minutes before spending hours on it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,6 +301,9 @@ PROFILE_NAMES = ("smoke", "cpu", "paper", "auto")
 
 #: Environment variable read by :func:`resolve`: a JSON object of dotted keys.
 OVERRIDES_ENV = "TFIC_OVERRIDES"
+#: Profile fields that are not amounts: no override may set them.
+_NOT_AMOUNTS = ("name", "device", "variant", "overrides")
+
 
 def dry_run_overrides(cfg: Profile) -> dict:
     """The ``dryrun`` variant of ``cfg``: every stage's code with a few images and steps.
@@ -340,8 +344,6 @@ def parse_assignments(items) -> dict:
     Each value is read as JSON (numbers, lists, ``null``, ``true``) and kept as
     a string if it is not JSON.  A missing ``=`` is an error that names the item.
     """
-    import json
-
     out = {}
     for item in items:
         key, sep, raw = str(item).partition("=")
@@ -370,12 +372,12 @@ def apply_overrides(cfg: Profile, overrides: dict) -> Profile:
     variant = str(overrides.pop("variant", None) or cfg.variant or "custom")
     if not variant.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"variant {variant!r} must be letters, digits, '-' or '_' (it names a folder)")
-    top = {f.name: f for f in dataclasses.fields(cfg)}
+    sections = [f.name for f in dataclasses.fields(cfg) if f.name not in _NOT_AMOUNTS]
     changes: dict = {}
     for key, value in overrides.items():
         section, dot, name = str(key).partition(".")
-        if section not in top or section in ("name", "device", "variant"):
-            valid = ", ".join(n for n in top if n not in ("name", "device", "variant"))
+        if section not in sections:
+            valid = ", ".join(sections)
             raise ValueError(f"unknown setting {key!r}: the first part must be one of {valid}")
         current = getattr(cfg, section)
         if dataclasses.is_dataclass(current):
@@ -389,8 +391,6 @@ def apply_overrides(cfg: Profile, overrides: dict) -> Profile:
             if dot:
                 raise ValueError(f"unknown setting {key!r}: {section} is a plain value, write {section}=...")
             changes[section] = value
-    import json
-
     recorded = {**json.loads(cfg.overrides or "{}"), **overrides}
     return dataclasses.replace(cfg.with_overrides(**changes), variant=variant,
                                overrides=json.dumps(recorded, sort_keys=True))
@@ -398,8 +398,6 @@ def apply_overrides(cfg: Profile, overrides: dict) -> Profile:
 
 def _env_overrides() -> dict | None:
     """The overrides in ``$TFIC_OVERRIDES`` (None if unset or empty); invalid JSON is an error."""
-    import json
-
     raw = os.environ.get(OVERRIDES_ENV, "").strip()
     if not raw:
         return None
