@@ -111,6 +111,40 @@ def test_deterministic_streams(model, image, stream, tmp_path):
     torch.testing.assert_close(codec.decompress(loaded, stream), codec.decompress(model, stream))
 
 
+def test_coding_mode_switches_cudnn_to_deterministic_fp32_and_back():
+    """compress/decompress run h_s with deterministic cuDNN and no TF32 on CUDA (flags restored after)."""
+    cudnn = torch.backends.cudnn
+    before = (cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32)
+    with codec.coding_mode("cuda"):
+        assert cudnn.enabled and cudnn.deterministic and not cudnn.benchmark and not cudnn.allow_tf32
+    assert (cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32) == before
+    with codec.coding_mode("cpu"):  # the CPU path is deterministic already: nothing changes
+        assert (cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32) == before
+
+
+def test_non_finite_reconstruction_is_rejected(stream):
+    """A stream whose decoded latents blow up the synthesis transform is an error, never a NaN image."""
+    m = _model()  # its own copy: the module's model stays untouched
+    assert codec.decompress(m, stream).isfinite().all()
+    m.g_s.register_forward_hook(lambda module, inputs, out: out * float("nan"))
+    with pytest.raises(TficFormatError, match="non-finite pixels"):
+        codec.decompress(m, stream)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_streams_repeat_and_decode(image):
+    """On CUDA the same image gives the same bytes every time and decodes to the eval-mode forward."""
+    m = _model().cuda()
+    m.update(force=True)
+    x = image.cuda()
+    streams = {codec.compress(m, x) for _ in range(5)}
+    assert len(streams) == 1
+    x_hat = codec.decompress(m, streams.pop())
+    with torch.no_grad():
+        ref = codec.crop(m(codec.pad(x)[0])["x_hat"], *image.shape[-2:]).clamp(0, 1)
+    torch.testing.assert_close(x_hat, ref, atol=1e-4, rtol=0)
+
+
 def test_header_fields(model, image, stream):
     h = codec.read_header(stream)
     assert (h.version, h.model, h.N, h.M, h.label) == (1, "bmshj2018-hyperprior", 16, 16, "tfic_0")

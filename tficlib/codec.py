@@ -56,13 +56,19 @@ whatever they say.)
 
 As everywhere in CompressAI, the decoder recomputes the Gaussian scales from
 ẑ with h_s: decode on the same kind of device (CPU or the same GPU model) that
-encoded, or the scale indexes may differ.  A model's CDF tables built by
+encoded, or the scale indexes may differ.  On CUDA the coding passes run with
+deterministic cuDNN and without TF32 (:func:`coding_mode`): h_s is made of
+transposed convolutions, whose default cuDNN algorithms may round differently
+from one call to the next, and one scale index that differs between encoder
+and decoder desynchronises the whole arithmetic-coded stream (measured on an
+H100: NaN reconstructions without it).  A model's CDF tables built by
 ``update()`` on another device can differ too; the fingerprint then differs
 and the stream is rejected instead of decoded wrongly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -462,7 +468,8 @@ def compress(model, x: torch.Tensor, label: str = "", pad_mode: str = "replicate
     try:
         with torch.no_grad():
             xp, _ = pad(x.to(device), ALIGN, pad_mode)
-            out = model.compress(xp)
+            with coding_mode(device):
+                out = model.compress(xp)
     finally:
         model.train(was_training)
     sh, sw = (int(s) for s in out["shape"])
@@ -475,6 +482,25 @@ def compress(model, x: torch.Tensor, label: str = "", pad_mode: str = "replicate
     _encode_tree(list(out["strings"]), body)
     body = bytes(body)
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, zlib.crc32(body)) + body
+
+
+@contextlib.contextmanager
+def coding_mode(device):
+    """The arithmetic of the real coding path: on CUDA, deterministic cuDNN without TF32; elsewhere unchanged.
+
+    The encoder and the decoder must compute bit-identical scales from ẑ
+    (h_s, Ballé et al. 2018, Sec. 3): the entropy coder turns each scale into a
+    table index, and one index that differs desynchronises the rest of the
+    stream.  cuDNN's default algorithms for the transposed convolutions of h_s
+    are not guaranteed to be deterministic, and TF32 rounds differently from
+    one GPU generation to the next; both are switched off for compress and
+    decompress only (training keeps the fast defaults).
+    """
+    if torch.device(device).type == "cuda":
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            yield
+    else:
+        yield
 
 
 def _check_identity(model, header: Header) -> None:
@@ -504,7 +530,7 @@ def decompress(model, data) -> torch.Tensor:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), coding_mode(next(model.parameters()).device):
             out = model.decompress(strings, list(header.latent_shape))
     except (RuntimeError, ValueError, IndexError, AssertionError, OverflowError) as exc:
         raise TficFormatError(f"entropy decoding failed: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
@@ -514,6 +540,10 @@ def decompress(model, data) -> torch.Tensor:
     expected = (header.height + header.pad_h, header.width + header.pad_w)
     if tuple(x_hat.shape[-2:]) != expected:
         raise TficFormatError(f"decoded size {tuple(x_hat.shape[-2:])} differs from the header's {expected}")
+    if not bool(torch.isfinite(x_hat).all()):
+        raise TficFormatError("the stream decoded to non-finite pixels: its entropy-coded bytes do not match this "
+                              "model's scales (a stream damaged past the checksum, or decoded on a device whose "
+                              "arithmetic differs from the encoder's)")
     return crop(x_hat, header.height, header.width).clamp(0, 1)
 
 
