@@ -83,6 +83,23 @@ def test_compress_info_decompress(env, capsys):
     assert np.array_equal(a, ref)
 
 
+def test_stream_found_when_saved_fingerprint_is_another_devices(env, capsys):
+    """A checkpoint saved on a GPU records the fingerprint of the GPU's CDF tables; the CPU's differ.
+
+    Its streams made here (on the CPU) still find it: by the fingerprint it has once loaded here.
+    """
+    d, _, ckpt = env
+    payload = torch.load(ckpt, map_location="cpu", weights_only=True)
+    payload["meta"]["codec_fingerprint"] = "00" * 8  # as if update() had run on another device
+    torch.save(payload, ckpt)
+    assert _run(capsys, "compress", d / "rgb.png", "-o", d / "g.tfic")[0] == 0
+    rc, out, err = _run(capsys, "decompress", d / "g.tfic", "-o", d / "g.png")
+    assert rc == 0, err
+    assert np.asarray(Image.open(d / "g.png")).shape == (37, 101, 3)
+    header = codec.read_header((d / "g.tfic").read_bytes())
+    assert cli_codec.find_checkpoint(config.resolve("smoke"), header) == ckpt
+
+
 def test_compress_is_deterministic(env, capsys):
     d, _, ckpt = env
     for name in ("x.tfic", "y.tfic"):

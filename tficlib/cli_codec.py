@@ -114,7 +114,11 @@ def find_checkpoint(cfg, header: codec.Header) -> Path:
 
     Looks first at the checkpoint named by the header's label (``tfic_2`` ->
     the default path of tfic at rate 2), then at every ``models/*.pt`` of the
-    stages 01-03.
+    stages 01-03, by the fingerprint recorded when each was saved.  That
+    fingerprint covers the CDF tables ``update()`` built on the training
+    device, and a GPU builds other tables than the CPU this command codes on
+    (measured on an H100), so a model trained on a GPU is then loaded on the
+    CPU and matched by the fingerprint it has here.
     """
     candidates = []
     m = _LABEL.match(header.label)
@@ -122,7 +126,7 @@ def find_checkpoint(cfg, header: codec.Header) -> Path:
         candidates.append(default_checkpoint(cfg, m.group(1), int(m.group(2))))
     for method in METHOD_STAGES:
         candidates.extend(sorted(models_dir(cfg, method).glob("*.pt")))
-    seen = set()
+    seen, other_device = set(), []
     for path in candidates:
         if path in seen or not path.is_file():
             continue
@@ -135,8 +139,16 @@ def find_checkpoint(cfg, header: codec.Header) -> Path:
         if (spec.get("name"), spec.get("N"), spec.get("M")) != (header.model, header.N, header.M):
             continue
         if meta.get("codec_fingerprint") not in (None, header.fingerprint):
+            other_device.append(path)
             continue
         return path
+    for path in other_device:  # saved with tables built elsewhere: the fingerprint it has on this CPU
+        try:
+            model, _ = codec.load_model(path)
+        except artifacts.ArtifactError:
+            continue
+        if codec.fingerprint(model).hex() == header.fingerprint:
+            return path
     raise artifacts.MissingArtifact(
         f"no saved model of profile {cfg.name!r} made this stream ({header.model}, N={header.N}, M={header.M}, "
         f"fingerprint {header.fingerprint}, label {header.label or '-'}); pass --checkpoint FILE "
