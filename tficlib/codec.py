@@ -58,10 +58,10 @@ As everywhere in CompressAI, the decoder recomputes the Gaussian scales from
 ẑ with h_s: decode on the same kind of device (CPU or the same GPU model) that
 encoded, or the scale indexes may differ.  On CUDA the coding passes run with
 deterministic cuDNN and without TF32 (:func:`coding_mode`): h_s is made of
-transposed convolutions, whose default cuDNN algorithms may round differently
-from one call to the next, and one scale index that differs between encoder
-and decoder desynchronises the whole arithmetic-coded stream (measured on an
-H100: NaN reconstructions without it).  A model's CDF tables built by
+transposed convolutions, whose default cuDNN algorithms are not guaranteed to
+give the same bits in the encoder's and the decoder's call, and one scale index
+that differs between them desynchronises the whole arithmetic-coded stream
+(measured on an H100: NaN reconstructions without it).  A model's CDF tables built by
 ``update()`` on another device can differ too; the fingerprint then differs
 and the stream is rejected instead of decoded wrongly.
 """
