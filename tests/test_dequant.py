@@ -7,7 +7,7 @@ import pytest
 import scipy.fft
 import torch
 
-from tficlib import config, dequant
+from tficlib import artifacts, config, dequant
 from tficlib.losses import dct2_blocks, dct_loss
 
 
@@ -135,6 +135,7 @@ def test_train_dncnn_snapshots_resume_and_reuse(tmp_data):
     result = dequant.train_dncnn(cfg, data, ckpt, progress=False)
     assert [row["step"] for row in result.log] == [1, 2, 3, 4]
     assert sorted(dequant.snapshots(ckpt)) == [0, 2, 4]
+    assert artifacts.read_json(ckpt.with_suffix(".log.json"))["meta"]["schedule"] == "dequant.steps"
     again = dequant.train_dncnn(cfg, data, ckpt, progress=False)
     assert again.reused
     model, meta = dequant.load_dncnn(ckpt)
@@ -151,6 +152,7 @@ def test_ablation_is_paired_with_the_main_run(tmp_data):
     data = dequant.PatchCrops(_FakePatches(), crop=32)
     result, ref = dequant.train_ablation(cfg, data, cfg.stage_dir(dequant.STAGE_DNCNN) / "abl.pt", progress=False)
     assert ref == 2 and len(result.log) == 2
+    assert result.meta["schedule"] == "dequant.ablation_steps"  # the amount a dry run's estimate scales by
     assert result.log[0]["lr"] == result.log[1]["lr"] == cfg.dequant.lr  # constant, like the main run's start
     with pytest.raises(ValueError, match="paired"):
         dequant.train_ablation(_tiny_cfg(steps=8, ablation_steps=3), data, cfg.stage_dir("x") / "a.pt")

@@ -81,13 +81,21 @@ def test_cli_run_rejects_bad_overrides(capsys, tmp_data, argv, message):
 def test_pipeline_passes_overrides_to_the_notebooks(fake_notebooks, tmp_data, monkeypatch):
     monkeypatch.delenv("TFIC_OVERRIDES", raising=False)
     _notebook(fake_notebooks / "00_check.ipynb",
-              "from tficlib import config\n"
+              "from tficlib import artifacts, config\n"
               "cfg = config.resolve(PROFILE)\n"
               "assert (cfg.variant, cfg.quick, cfg.tfic.steps, cfg.codec.base_steps) == ('dryrun', True, 7, 4), cfg\n"
-              "assert cfg.data_dir.name == 'smoke-dryrun'")
-    runs = runner.run_pipeline("smoke", log=lambda *a, **k: None, dry_run=True, overrides={"tfic.steps": 7})
+              "assert cfg.data_dir.name == 'smoke-dryrun'\n"
+              "artifacts.write_json(cfg.data_dir / '02_x' / 'run.log.json', {'meta': {'schedule': 'tfic.steps'},\n"
+              "                     'log': [{'seconds': 60.0}, {'seconds': 360.0}, {'seconds': 360.0}]})")
+    lines = []
+    runs = runner.run_pipeline("smoke", log=lambda *a, **k: lines.append(" ".join(map(str, a))), dry_run=True,
+                               overrides={"tfic.steps": 7})
     assert [r.notebook.name for r in runs] == ["00_check.ipynb"]
     assert (tmp_data / "data" / "smoke-dryrun" / "executed" / "00_check.ipynb").exists()
+    # the dry run's step times scaled to the same run without --dry-run: tfic.steps = 7 (the override)
+    est = json.loads((tmp_data / "data" / "smoke-dryrun" / "schedule_estimate.json").read_text())
+    assert est["hours"] == {"02_x": 0.7} and est["runs"]["02_x/run.log.json"]["steps"] == 7
+    assert any("full 'smoke' schedules train for about 0.7 h" in line and "02 0.7 h" in line for line in lines)
     assert not (tmp_data / "data" / "smoke").exists()
     assert "TFIC_OVERRIDES" not in __import__("os").environ  # restored after the run
     with pytest.raises(ValueError, match="unknown setting 'tfic.stepz'"):
@@ -104,3 +112,24 @@ def test_pipeline_keeps_environment_overrides(fake_notebooks, tmp_data, monkeypa
     runner.run_pipeline("smoke", log=lambda *a, **k: None, overrides={"tfic.batch_size": 2})
     assert (tmp_data / "data" / "smoke-long" / "executed" / "00_check.ipynb").exists()
     assert __import__("os").environ["TFIC_OVERRIDES"] == '{"variant": "long", "tfic.steps": 900}'
+
+
+def test_schedule_estimate_scales_each_logged_run_by_its_amount(tmp_path):
+    """Median seconds per step (first step left out) x the amount named in the log's meta, per stage."""
+    from tficlib import artifacts, config
+
+    cfg = config.resolve("paper", device="cpu")  # base_steps 100000, ablation_steps None -> dequant.steps
+    write = artifacts.write_json
+    write(tmp_path / "01_mse" / "checkpoints" / "mse_0.log.json",
+          {"meta": {"schedule": "codec.base_steps"}, "log": [{"seconds": 9.0}] + [{"seconds": s} for s in (1, 1, 3)]})
+    write(tmp_path / "04_dncnn" / "abl.log.json",
+          {"meta": {"schedule": "dequant.ablation_steps"}, "log": [{"seconds": 0.036}]})
+    write(tmp_path / "04_dncnn" / "other.log.json", {"meta": {}, "log": [{"seconds": 5.0}]})  # no schedule
+    (tmp_path / "03_x").mkdir()
+    (tmp_path / "03_x" / "cut.log.json").write_text('{"meta": {"schedule": "tfic.st')  # a run killed mid-write
+    est = runner.schedule_estimate(tmp_path, cfg)
+    assert est["hours"] == {"01_mse": round(1.0 * 100_000 / 3600, 2), "04_dncnn": 1.0}
+    assert est["total_hours"] == round(100_000 / 3600 + 1.0, 2)
+    assert est["runs"]["04_dncnn/abl.log.json"] == {"schedule": "dequant.ablation_steps", "steps": 100_000,
+                                                     "seconds_per_step": 0.036}
+    assert set(est["runs"]) == {"01_mse/checkpoints/mse_0.log.json", "04_dncnn/abl.log.json"}

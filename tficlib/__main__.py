@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the run becomes the variant 'custom' in data/<profile>-custom/")
     p.add_argument("--dry-run", action="store_true",
                    help="the whole chain at the profile's shapes with a few images and steps per stage "
-                        "(variant 'dryrun', data/<profile>-dryrun/): check a GPU machine before the long run")
+                        "(variant 'dryrun', data/<profile>-dryrun/): check a GPU machine before the long run; "
+                        "ends with an estimate of the full run's training time")
     p.set_defaults(func=_cmd_run)
 
     from . import cli_codec

@@ -270,6 +270,7 @@ def train_dncnn(
     retrain: bool = False,
     device=None,
     progress: bool = True,
+    schedule: str | None = None,
 ):
     """Train a :class:`DnCNN` (Sec. 4.3–4.4) with :func:`tficlib.train.train`; returns its ``TrainResult``.
 
@@ -282,13 +283,17 @@ def train_dncnn(
     steps.  ``constant_lr`` keeps the lr constant (no decay): a run of s
     steps then follows exactly the first s steps of a longer run with the
     same seed (same crops, same lr), which :func:`train_ablation` uses.
-    Checkpoints, resume and reuse of a finished model are
-    :func:`~tficlib.train.train`'s.
+    ``schedule`` names the amount that sets ``steps`` (recorded in the log for
+    :func:`tficlib.runner.schedule_estimate`; default ``dequant.steps`` when
+    ``steps`` is not given).  Checkpoints, resume and reuse
+    of a finished model are :func:`~tficlib.train.train`'s.
     """
     from . import train as _train
 
     d = cfg.dequant
     mse_weight = d.mse_weight if mse_weight is None else float(mse_weight)
+    if schedule is None and steps is None:
+        schedule = "dequant.steps"
     steps = d.steps if steps is None else int(steps)
     every = d.eval_every if snapshot_every is None else int(snapshot_every)
     checkpoint = Path(checkpoint)
@@ -307,7 +312,7 @@ def train_dncnn(
         clip_max_norm=d.clip_max_norm, seed=cfg.seed, checkpoint_every=max(1, d.checkpoint_every),
         lr_decay_start=1.0 if constant_lr else d.lr_decay_start, lr_decay_to=d.lr_decay_to, retrain=retrain,
         device=device or cfg.device, desc=objective.name, progress=progress,
-        meta={"dncnn": model.hparams(), "profile": cfg.name, "crop": d.crop},
+        meta={"dncnn": model.hparams(), "profile": cfg.name, "crop": d.crop, "schedule": schedule},
     )
     if every and start < steps and steps not in store:  # the final weights close the curve
         store[steps] = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
@@ -335,7 +340,8 @@ def train_ablation(cfg, train_set, checkpoint: str | Path, *, retrain: bool = Fa
             f"ablation_steps={steps} must be a multiple of eval_every={d.eval_every} and at most "
             f"lr_decay_start·steps={d.lr_decay_start * d.steps:g} to be paired with a snapshot of the main run")
     result = train_dncnn(cfg, train_set, checkpoint, mse_weight=1.0, steps=steps, snapshot_every=0,
-                         constant_lr=paired, retrain=retrain, device=device, progress=progress)
+                         constant_lr=paired, retrain=retrain, device=device, progress=progress,
+                         schedule="dequant.ablation_steps")
     return result, steps
 
 
@@ -741,6 +747,7 @@ def train_ocr_guided(cfg, d1: DnCNN, guidance: dict, checkpoint: str | Path, *, 
     from . import train as _train
 
     d = cfg.dequant
+    schedule = "dequant.ocr_guided_steps" if steps is None else None
     steps = d.ocr_guided_steps if steps is None else int(steps)
     guided = OCRGuided(d1, margin=d.word_margin, init=d.ocr_guided_init)
     words = WordPatches(guidance)
@@ -752,7 +759,7 @@ def train_ocr_guided(cfg, d1: DnCNN, guidance: dict, checkpoint: str | Path, *, 
         lr_decay_to=d.lr_decay_to, retrain=retrain, device=device or cfg.device, collate=_collate_words,
         desc=objective.name, progress=progress,
         meta={"dncnn": guided.d2.hparams(), "profile": cfg.name, "n_words": len(words), "init": guided.init,
-              "fallback_ground_truth_boxes": words.fallback},
+              "fallback_ground_truth_boxes": words.fallback, "schedule": schedule},
     )
     guided.d2 = result.model
     guided.train(False)

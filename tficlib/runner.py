@@ -4,21 +4,23 @@
 numbered notebooks in order, writes the executed copies under
 ``data/<profile>/executed/``, records each notebook's wall time in
 ``data/<profile>/timings.json`` and stops at the first failure, naming the
-notebook and the cell that failed.
+notebook and the cell that failed.  After a dry run it estimates how long
+the full schedules would train on this machine (:func:`schedule_estimate`).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import config
-from .artifacts import read_json, write_json
+from .artifacts import ArtifactError, read_json, write_json
 
-__all__ = ["NotebookFailed", "list_notebooks", "run_pipeline"]
+__all__ = ["NotebookFailed", "list_notebooks", "run_pipeline", "schedule_estimate"]
 
 
 class NotebookFailed(RuntimeError):
@@ -79,6 +81,52 @@ def _failed_cell(exc: Exception, executed: Path) -> tuple[int | None, str]:
     return None, error
 
 
+#: amounts that may be None in a profile, and the amount each then stands for
+_SCHEDULE_DEFAULTS = {"dequant.ablation_steps": "dequant.steps"}
+
+
+def _amount(cfg, dotted: str) -> int:
+    section, field = dotted.split(".", 1)
+    value = getattr(getattr(cfg, section), field)
+    if value is None and dotted in _SCHEDULE_DEFAULTS:
+        return _amount(cfg, _SCHEDULE_DEFAULTS[dotted])
+    return int(value)
+
+
+def schedule_estimate(data_dir: str | os.PathLike, cfg) -> dict:
+    """Hours of training that ``cfg``'s schedules take at the step times logged in ``data_dir`` (a dry run's).
+
+    Every training log under ``data_dir`` (``<checkpoint>.log.json`` of
+    :func:`tficlib.train.train`) whose meta names the amount that set its
+    number of steps (``"schedule": "tfic.steps"``, ...) counts once: the median
+    of its seconds per step (the first step, start-up and cuDNN autotuning,
+    left out when there are more) times that amount in ``cfg``.  Evaluation,
+    data and figures are not counted.  Returns ``{"profile", "total_hours",
+    "hours": {stage folder: h}, "runs": {log: {"schedule", "steps",
+    "seconds_per_step"}}}``.
+    """
+    data_dir = Path(data_dir)
+    hours: dict[str, float] = {}
+    runs: dict[str, dict] = {}
+    for path in sorted(data_dir.glob("*/**/*.log.json")):
+        try:
+            payload = read_json(path)
+        except ArtifactError:  # a log cut short by a killed run: not counted
+            continue
+        schedule = (payload.get("meta") or {}).get("schedule")
+        seconds = [row["seconds"] for row in payload.get("log", []) if isinstance(row, dict) and "seconds" in row]
+        if not schedule or not seconds:
+            continue
+        per_step = statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
+        steps = _amount(cfg, schedule)
+        stage = path.relative_to(data_dir).parts[0]
+        hours[stage] = hours.get(stage, 0.0) + per_step * steps / 3600
+        runs[str(path.relative_to(data_dir))] = {"schedule": schedule, "steps": steps,
+                                                 "seconds_per_step": round(per_step, 5)}
+    return {"profile": cfg.name, "total_hours": round(sum(hours.values()), 2),
+            "hours": {k: round(v, 2) for k, v in sorted(hours.items())}, "runs": runs}
+
+
 def run_pipeline(profile: str = "auto", first: str | None = None, last: str | None = None,
                  log=print, extra_parameters: dict | None = None, overrides: dict | None = None,
                  dry_run: bool = False) -> list[NotebookRun]:
@@ -96,6 +144,7 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     import papermill
 
     cfg = config.resolve(profile)  # with $TFIC_OVERRIDES, if set
+    full = config.apply_overrides(cfg, overrides) if overrides else cfg  # the same run without --dry-run
     changes = {**(config.dry_run_overrides(cfg) if dry_run else {}), **(overrides or {})}
     if changes:
         cfg = config.apply_overrides(cfg, changes)  # checked here, before any notebook starts
@@ -146,6 +195,13 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
                 os.environ[key] = value
     total = sum(r.seconds for r in runs)
     log(f"tficlib: {len(runs)} notebook(s) in {total / 60:.1f} min; timings in {timings_path}")
+    if dry_run:
+        est = schedule_estimate(cfg.data_dir, full)
+        if est["runs"]:
+            est_path = write_json(cfg.data_dir / "schedule_estimate.json", est)
+            stages = ", ".join(f"{k[:2]} {v:.1f} h" for k, v in est["hours"].items())
+            log(f"tficlib: at these step times the full {full.name!r} schedules train for about "
+                f"{est['total_hours']:.1f} h on {cfg.device} ({stages}; evaluation not counted): {est_path}")
     figures = sorted(cfg.figures_dir.glob("*.png")) if cfg.figures_dir.exists() else []
     if figures:
         log("figures:")

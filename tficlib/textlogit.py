@@ -638,7 +638,7 @@ def finetune(cfg, k: int, kappa: float, cache: RegionCache, device=None, seed: i
             checkpoint_every=c.checkpoint_every, aux_steps=c.aux_steps, lr_decay_start=c.lr_decay_start,
             lr_decay_to=0.1, retrain=retrain, device=device or cfg.device, collate=collate_indexed,
             desc=f"{name} λ={lmbda:g} κ={kappa:g}", progress=progress,
-            meta={"stage": STAGE, "run": name, "profile": cfg.name},
+            meta={"stage": STAGE, "run": name, "profile": cfg.name, "schedule": "textlogit.steps"},
         )
     except FloatingPointError as exc:
         return Run(method, k, lmbda, kappa, None, [], error=str(exc))

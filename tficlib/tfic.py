@@ -104,14 +104,15 @@ def _run_seed(seed: int, name: str) -> int:
     return training._mix(seed, zlib.crc32(name.encode()))
 
 
-def _fit(cfg, stage, name, model, objective, dataset, *, steps, batch_size, lr, device, seed, retrain):
+def _fit(cfg, stage, name, model, objective, dataset, *, steps, batch_size, lr, device, seed, retrain, schedule):
+    """``training.train`` with stage 1's optimizer settings; ``schedule`` names the amount that set ``steps``."""
     c = cfg.codec
     return training.train(
         model, objective, dataset, steps=steps, checkpoint=checkpoint_path(cfg, stage, name),
         batch_size=batch_size, lr=lr, aux_lr=c.aux_lr, clip_max_norm=c.clip_max_norm,
         seed=_run_seed(seed, name), checkpoint_every=c.checkpoint_every, aux_steps=c.aux_steps,
         lr_decay_start=c.lr_decay_start, lr_decay_to=0.1, retrain=retrain, device=device, desc=name,
-        meta={"stage": stage, "run": name, "profile": cfg.name},
+        meta={"stage": stage, "run": name, "profile": cfg.name, "schedule": schedule},
     )
 
 
@@ -152,7 +153,7 @@ def train_mse_models(cfg, train_set, device, seed: int = 0, retrain: bool = Fals
     if c.lambda_steps > 0:
         res = _fit(cfg, STAGE1, "mse_base", new_codec(cfg, seed), training.rate_distortion_objective(c.base_lambda),
                    train_set, steps=c.base_steps, batch_size=c.batch_size, lr=c.lr, device=device, seed=seed,
-                   retrain=retrain)
+                   retrain=retrain, schedule="codec.base_steps")
         base_state = {k: v.detach().clone() for k, v in res.model.state_dict().items()}
         base_run = Run("mse_base", res.checkpoint, res.log, {"lambda": c.base_lambda}, res.aux_loss,
                        res.meta.get("seconds", 0.0), res.reused, res.resumed_from)
@@ -163,7 +164,7 @@ def train_mse_models(cfg, train_set, device, seed: int = 0, retrain: bool = Fals
             training.load_model_state(model, base_state)
         res = _fit(cfg, STAGE1, f"mse_{k}", model, training.rate_distortion_objective(lam), train_set,
                    steps=c.lambda_steps or c.base_steps, batch_size=c.batch_size, lr=c.lr, device=device,
-                   seed=seed, retrain=retrain)
+                   seed=seed, retrain=retrain, schedule="codec.lambda_steps" if c.lambda_steps else "codec.base_steps")
         runs.append(_save(cfg, STAGE1, "mse", k, res, {"lambda": lam, "from": "mse_base" if base_state else None}))
     return base_run, runs
 
@@ -180,7 +181,7 @@ def finetune(cfg, train_set, device, start_k: int, objective, name: str, seed: i
     t = cfg.tfic
     model = _stage1_model(cfg, start_k, device)
     return _fit(cfg, STAGE2, name, model, objective, train_set, steps=t.steps, batch_size=t.batch_size,
-                lr=t.lr, device=device, seed=seed, retrain=retrain)
+                lr=t.lr, device=device, seed=seed, retrain=retrain, schedule="tfic.steps")
 
 
 def _tfic_name(k: int, gamma: float) -> str:
