@@ -293,13 +293,86 @@ def test_read_text_input_errors():
         ocr._as_image_list([np.zeros((8, 8, 4), dtype=np.uint8)])
 
 
+def _lstm_modes(recognizer) -> list[bool]:
+    return [m.training for m in recognizer.modules() if isinstance(m, torch.nn.RNNBase)]
+
+
+def _eval_mode_reference(recognizer, x):
+    """Logits with every module in eval mode (EasyOCR's own forward); on CPU its backward is allowed."""
+    return recognizer.model(recognizer.preprocess(x), None)
+
+
+def test_sequence_modeling_with_grad_equals_eval_mode_and_restores_it(models, lines):
+    """The LSTMs run in training mode under grad (for cuDNN); with no dropout that changes nothing."""
+    _, recognizer = models
+    (labels, images), (small, small_images) = lines
+    assert len(_lstm_modes(recognizer)) == 2 and all(m.dropout == 0 for m in recognizer.modules()
+                                                     if isinstance(m, torch.nn.RNNBase))
+    for imgs, labs in ((images[:4], labels[:4]), (small_images[:3], small[:3])):
+        x = to_tensor(imgs).requires_grad_(True)
+        logits = recognizer(x)
+        assert _lstm_modes(recognizer) == [False, False]
+        ocr.ctc_loss(logits, labs).backward()
+        x_ref = to_tensor(imgs).requires_grad_(True)
+        ref = _eval_mode_reference(recognizer, x_ref)
+        ocr.ctc_loss(ref, labs).backward()
+        assert torch.equal(logits, ref)
+        assert torch.equal(x.grad, x_ref.grad)
+
+
+def test_sequence_modeling_restores_eval_mode_when_forward_fails(models):
+    _, recognizer = models
+    bad = torch.zeros(2, 7, 3)  # wrong feature size: the first LSTM raises
+    with pytest.raises(RuntimeError):
+        recognizer.sequence_modeling(bad.requires_grad_(True))
+    assert _lstm_modes(recognizer) == [False, False] and not recognizer.training
+
+
+def test_sequence_modeling_with_dropout_stays_in_eval_mode():
+    """An LSTM with dropout would change its output in training mode: it stays in eval mode."""
+    class Seq(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(8, 8, num_layers=2, dropout=0.5, batch_first=True)
+
+        def forward(self, x):
+            assert not self.rnn.training
+            return self.rnn(x)[0]
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.SequenceModeling = Seq()
+
+    rec = ocr.Recognizer(Model())
+    feat = torch.randn(2, 5, 8, requires_grad=True)
+    out = rec.sequence_modeling(feat)
+    out.sum().backward()
+    assert out.shape == (2, 5, 8) and feat.grad is not None and not rec.model.SequenceModeling.rnn.training
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_backward_in_eval_mode(lines):
-    """cuDNN refuses LSTM backward in eval mode; the Recognizer handles it."""
+    """cuDNN refuses LSTM backward in eval mode; the Recognizer runs it (cuDNN, LSTMs in training mode)
+    and agrees with PyTorch's native kernels in eval mode."""
     (labels, images), _ = lines
+    recognizer = ocr.get_recognizer("cuda")
     x = to_tensor(images[:4]).cuda().requires_grad_(True)
-    loss = ocr.ctc_loss(ocr.recognizer_logits(x), labels[:4])
-    loss.backward()
+    logits = ocr.recognizer_logits(x)  # default flags: cuDNN with TF32, as in evaluation
+    ocr.ctc_loss(logits, labels[:4]).backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert not ocr.get_recognizer("cuda").training
+    assert not recognizer.training and _lstm_modes(recognizer) == [False, False]
+    # Without TF32 the two paths agree closely (on an H100: logits 1.7e-4 of a range of 40, gradients
+    # 0.06 % of their largest value; with TF32 on, 0.05 and 5 %: rounding, not a different computation).
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        x = to_tensor(images[:4]).cuda().requires_grad_(True)
+        logits = ocr.recognizer_logits(x)
+        ocr.ctc_loss(logits, labels[:4]).backward()
+    x_ref = to_tensor(images[:4]).cuda().requires_grad_(True)
+    with torch.backends.cudnn.flags(enabled=False):
+        ref = _eval_mode_reference(recognizer, x_ref)
+        ocr.ctc_loss(ref, labels[:4]).backward()
+    assert (logits - ref).abs().max() <= 1e-4 * ref.abs().max() + 1e-3
+    assert (x.grad - x_ref.grad).abs().max() <= 1e-2 * x_ref.grad.abs().max()
+    assert ocr.greedy_decode(logits.detach().cpu()) == ocr.greedy_decode(ref.detach().cpu())

@@ -184,11 +184,14 @@ class Recognizer(nn.Module):
     (:meth:`preprocess`).  Values outside [0, 1] are not clipped, so their
     gradient is kept; EasyOCR itself would see them clipped by the uint8 cast.
 
-    cuDNN implements LSTM backward only in training mode.  Instead of putting
-    the LSTMs in training mode, the sequence-modelling stage runs with cuDNN
-    disabled whenever autograd is recording on a CUDA input (PyTorch's native
-    LSTM kernels, identical results, backward allowed in eval mode); the
-    convolutions keep cuDNN.  Without grad (evaluation) cuDNN is used as usual.
+    cuDNN implements LSTM backward only in training mode.  EasyOCR's LSTMs have
+    no dropout, so training mode computes exactly what eval mode does: while
+    autograd is recording, the sequence-modelling stage runs with its LSTMs
+    (only those) switched to training mode and back
+    (:meth:`sequence_modeling`), so cuDNN runs their forward and backward on
+    CUDA.  The feature extractor's BatchNorm stays in eval mode.  Should an
+    LSTM have dropout (a recognizer other than EasyOCR's), it stays in eval
+    mode and runs on PyTorch's native kernels (cuDNN off for that stage).
     """
 
     def __init__(self, model: nn.Module, height: int = RECOGNIZER_HEIGHT):
@@ -249,12 +252,35 @@ class Recognizer(nn.Module):
         m = self.model  # easyocr.model.vgg_model.Model.forward, step by step
         feat = m.FeatureExtraction(inp)
         feat = m.AdaptiveAvgPool(feat.permute(0, 3, 1, 2)).squeeze(3)
-        if inp.is_cuda and torch.is_grad_enabled():
-            with torch.backends.cudnn.flags(enabled=False):
-                ctx = m.SequenceModeling(feat)
-        else:
-            ctx = m.SequenceModeling(feat)
+        ctx = self.sequence_modeling(feat)
         return m.Prediction(ctx.contiguous())
+
+    def sequence_modeling(self, feat: torch.Tensor) -> torch.Tensor:
+        """The BiLSTM stage on (B, T, C) features, with a backward that cuDNN accepts.
+
+        Without grad: eval mode, as EasyOCR runs it.  With grad: the LSTMs run
+        in training mode (same results: no dropout) and are put back in eval
+        mode afterwards, even when the forward raises.  On an H100 (README,
+        "The paper profile on a GPU") forward + backward of 16 lines of 128×512
+        took 9.8 ms instead of 41.7 ms with the native kernels used before, and
+        a text logit training step 0.093 s instead of 0.277 s.  cuDNN's LSTM
+        uses TF32 (``torch.backends.cudnn.allow_tf32``, PyTorch's default, as
+        in evaluation); without it the two paths agree to 1e-4 of the logits.
+        """
+        seq = self.model.SequenceModeling
+        if not torch.is_grad_enabled():
+            return seq(feat)
+        lstms = [mod for mod in seq.modules() if isinstance(mod, nn.RNNBase)]
+        if any(mod.dropout > 0 for mod in lstms):
+            with torch.backends.cudnn.flags(enabled=False):
+                return seq(feat)
+        for mod in lstms:
+            mod.training = True
+        try:
+            return seq(feat)
+        finally:
+            for mod in lstms:
+                mod.training = False
 
 
 def get_recognizer(device=None) -> Recognizer:
