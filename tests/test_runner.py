@@ -96,6 +96,9 @@ def test_pipeline_passes_overrides_to_the_notebooks(fake_notebooks, tmp_data, mo
     est = json.loads((tmp_data / "data" / "smoke-dryrun" / "schedule_estimate.json").read_text())
     assert est["hours"] == {"02_x": 0.7} and est["runs"]["02_x/run.log.json"]["steps"] == 7
     assert any("full 'smoke' schedules train for about 0.7 h" in line and "02 0.7 h" in line for line in lines)
+    # and with the profile's own tfic.steps (3 in smoke) beside it
+    assert est["profile_amounts"] == {"total_hours": 0.3, "hours": {"02_x": 0.3}}
+    assert any("profile's own amounts" in line and "about 0.3 h (02 0.3 h)" in line for line in lines)
     assert not (tmp_data / "data" / "smoke").exists()
     assert "TFIC_OVERRIDES" not in __import__("os").environ  # restored after the run
     with pytest.raises(ValueError, match="unknown setting 'tfic.stepz'"):

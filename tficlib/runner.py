@@ -144,6 +144,7 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     import papermill
 
     cfg = config.resolve(profile)  # with $TFIC_OVERRIDES, if set
+    own = cfg  # the profile's own amounts
     full = config.apply_overrides(cfg, overrides) if overrides else cfg  # the same run without --dry-run
     changes = {**(config.dry_run_overrides(cfg) if dry_run else {}), **(overrides or {})}
     if changes:
@@ -198,10 +199,19 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     if dry_run:
         est = schedule_estimate(cfg.data_dir, full)
         if est["runs"]:
+            # --set amounts (e.g. more steps, for steadier step times) also count in the estimate; then
+            # the profile's own amounts are estimated beside it
+            own_est = schedule_estimate(cfg.data_dir, own)
+            if own_est["runs"] != est["runs"]:
+                est["profile_amounts"] = {k: own_est[k] for k in ("total_hours", "hours")}
             est_path = write_json(cfg.data_dir / "schedule_estimate.json", est)
             stages = ", ".join(f"{k[:2]} {v:.1f} h" for k, v in est["hours"].items())
             log(f"tficlib: at these step times the full {full.name!r} schedules train for about "
                 f"{est['total_hours']:.1f} h on {cfg.device} ({stages}; evaluation not counted): {est_path}")
+            if "profile_amounts" in est:
+                stages = ", ".join(f"{k[:2]} {v:.1f} h" for k, v in own_est["hours"].items())
+                log(f"tficlib: with the profile's own amounts instead of the --set ones: about "
+                    f"{own_est['total_hours']:.1f} h ({stages})")
     figures = sorted(cfg.figures_dir.glob("*.png")) if cfg.figures_dir.exists() else []
     if figures:
         log("figures:")
