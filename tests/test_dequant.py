@@ -234,6 +234,32 @@ def test_ocr_guided_step_updates_only_d2():
     assert float(anchored["mse"].detach()) > 0.01
     assert torch.allclose(anchored["loss"], anchored["ctc"] + 50.0 * anchored["mse"])
 
+    # the CTC cap: the plain mean is torch's "mean" CTC; a cap above every word changes nothing; a cap below
+    # every word leaves the loss at the cap and sends no gradient to D2
+    labels = [item["label"] for item in batch]
+    plain = dequant.ocr_guided_objective(fresh, x8)(fresh.d2, batch)
+    assert float(plain["capped"]) == 0.0
+    high = dequant.ocr_guided_objective(fresh, x8, ctc_cap=1e6)(fresh.d2, batch)
+    assert torch.allclose(high["loss"], plain["loss"]) and torch.allclose(high["ctc"], plain["ctc"])
+    assert float(high["capped"]) == 0.0
+    low = dequant.ocr_guided_objective(fresh, x8, ctc_cap=1e-3)(fresh.d2, batch)
+    assert low["ctc"].item() > 1e-3 and low["capped"].item() == 1.0
+    assert torch.allclose(low["loss"], torch.tensor(1e-3)) and torch.allclose(low["ctc"], plain["ctc"])
+    fresh.d2.zero_grad(set_to_none=True)
+    low["loss"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in fresh.d2.parameters())
+    # one word above, one below a cap between their losses: only the readable word counts
+    with torch.no_grad():
+        crops = [ocr.crop_boxes(fresh.refine(x8[i["index"]].float() / 255, [i["box"]])[0][0].clamp(0, 1)[None],
+                                [[(0, 0, i["box"][2] - i["box"][0], i["box"][3] - i["box"][1])]])[0] for i in batch]
+        logits = recognizer(ocr.pad_crops(crops))
+        per = ocr.ctc_loss(logits, labels, reduction="none") / torch.tensor([len(t) for t in labels])
+    cap = float(per.mean())
+    mid = dequant.ocr_guided_objective(fresh, x8, ctc_cap=cap)(fresh.d2, batch)
+    assert float(mid["capped"]) == 0.5
+    assert torch.allclose(mid["loss"], per.clamp(max=cap).mean(), rtol=1e-4)
+    assert dequant.ocr_guided_objective(fresh, x8, ctc_cap=cap).params["ctc_cap"] == cap
+
 
 def test_pixel_anchor_needs_aligned_clean_patches():
     guided = dequant.OCRGuided(dequant.DnCNN(depth=4, features=8))
@@ -244,6 +270,8 @@ def test_pixel_anchor_needs_aligned_clean_patches():
         dequant.ocr_guided_objective(guided, x8, x8[:1], anchor=1.0)
     with pytest.raises(ValueError, match="must be >= 0"):
         dequant.ocr_guided_objective(guided, x8, x8, anchor=-1.0)
+    with pytest.raises(ValueError, match="CTC cap must be > 0"):
+        dequant.ocr_guided_objective(guided, x8, ctc_cap=0.0)
 
 
 def test_targets_are_reported_not_hidden():

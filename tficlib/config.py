@@ -147,6 +147,7 @@ class DequantCfg:
     ocr_guided_lr: float = 1e-4
     ocr_guided_init: str = "identity"  # D2 = D1 with a zero last layer (identity); "d1": D1 exactly (OCRGuided)
     ocr_guided_anchor: float = 50.0  # μ·MSE(x̂_p, x_p) beside the OCR loss (our deviation; the paper: 0)
+    ocr_guided_ctc_cap: float | None = 3.0  # per-word CTC per character capped (our deviation; None: the paper's)
     eval_every: int = 250  # weight snapshots for the accuracy-vs-steps curve
     clip_max_norm: float | None = None  # gradient clipping (None: off)
     lr_decay_start: float = 0.5  # lr constant, then cosine from this fraction of the steps ...

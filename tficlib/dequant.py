@@ -683,7 +683,7 @@ def _collate_words(items):
 
 
 def ocr_guided_objective(guided: OCRGuided, x_tilde_u8: torch.Tensor, clean_u8: torch.Tensor | None = None,
-                         anchor: float = 0.0) -> Callable:
+                         anchor: float = 0.0, ctc_cap: float | None = None) -> Callable:
     """L_OCR = E_p[CTC(OCR(D2(x̃_p)), G_p(x))] (Sec. 4.5): the frozen recognizer reads each refined patch.
 
     For :func:`tficlib.train.train` with the model ``guided.d2``; a batch is a
@@ -697,11 +697,21 @@ def ocr_guided_objective(guided: OCRGuided, x_tilde_u8: torch.Tensor, clean_u8: 
     box (``clean_u8``, aligned with ``x_tilde_u8``): our deviation from the
     paper's OCR-only loss (μ = 0), which let D2 drift to washed-out, thinned
     strokes that EasyOCR's own detector and reader then misread.
+
+    ``ctc_cap`` = c (our deviation; None: the plain mean, the paper's): each
+    word's CTC per character ℓ_p is capped, L_OCR = E_p[min(ℓ_p, c)], so a
+    word the recognizer cannot read at all (ℓ_p > c) gives no gradient.
+    Without the cap the mean is dominated by such words; D2 then lowered it
+    by making the recognizer less sure of its wrong readings, and read worse
+    than D1 (README, dequantization section).  The terms report the plain
+    mean CTC (``ctc``) and the fraction of capped words (``capped``).
     """
     from . import ocr
 
     if anchor < 0:
         raise ValueError(f"the pixel anchor μ must be >= 0, got {anchor}")
+    if ctc_cap is not None and not ctc_cap > 0:
+        raise ValueError(f"the CTC cap must be > 0 (or None for no cap), got {ctc_cap}")
     if anchor > 0 and (clean_u8 is None or clean_u8.shape != x_tilde_u8.shape):
         shape = None if clean_u8 is None else tuple(clean_u8.shape)
         raise ValueError(f"a pixel anchor μ = {anchor:g} needs the clean patches aligned with x̃ "
@@ -723,12 +733,17 @@ def ocr_guided_objective(guided: OCRGuided, x_tilde_u8: torch.Tensor, clean_u8: 
                 clean = clean_u8[item["index"], :, y0:y1, x0:x1].to(device).float() / 255.0
                 errors.append(F.mse_loss(patch, clean))
         logits = recognizer(ocr.pad_crops(crops))
-        ctc = ocr.ctc_loss(logits, labels)
+        _, lengths = ocr.encode_labels(labels)
+        per_char = ocr.ctc_loss(logits, labels, reduction="none") / lengths.clamp(min=1).to(logits.device)
+        ctc = per_char.mean()  # = ocr.ctc_loss(logits, labels), torch's "mean"
+        ocr_term = ctc if ctc_cap is None else per_char.clamp(max=ctc_cap).mean()
+        capped = (per_char.detach() > ctc_cap).float().mean() if ctc_cap is not None else ctc.new_zeros(())
         mse = torch.stack(errors).mean() if errors else ctc.new_zeros(())
-        return {"loss": ctc + anchor * mse, "ctc": ctc, "mse": mse}
+        return {"loss": ocr_term + anchor * mse, "ctc": ctc, "mse": mse, "capped": capped}
 
     objective.params = {"objective": "ocr_guided", "margin": guided.margin, "init": guided.init,
-                        "anchor": float(anchor), "clip": True}
+                        "anchor": float(anchor), "clip": True,
+                        "ctc_cap": None if ctc_cap is None else float(ctc_cap)}
     objective.name = "OCR-guided D2"
     return objective
 
@@ -742,7 +757,8 @@ def train_ocr_guided(cfg, d1: DnCNN, guidance: dict, checkpoint: str | Path, *, 
     ``cfg.dequant``: ``ocr_guided_steps``, ``ocr_guided_batch`` (word
     patches per step), ``ocr_guided_lr``, ``ocr_guided_init`` and
     ``ocr_guided_anchor`` (μ of :func:`ocr_guided_objective`; μ > 0 needs
-    ``clean``, the uint8 clean patches aligned with ``guidance["x_tilde"]``).
+    ``clean``, the uint8 clean patches aligned with ``guidance["x_tilde"]``)
+    and ``ocr_guided_ctc_cap``.
     """
     from . import train as _train
 
@@ -751,7 +767,8 @@ def train_ocr_guided(cfg, d1: DnCNN, guidance: dict, checkpoint: str | Path, *, 
     steps = d.ocr_guided_steps if steps is None else int(steps)
     guided = OCRGuided(d1, margin=d.word_margin, init=d.ocr_guided_init)
     words = WordPatches(guidance)
-    objective = ocr_guided_objective(guided, guidance["x_tilde"], clean, anchor=d.ocr_guided_anchor)
+    objective = ocr_guided_objective(guided, guidance["x_tilde"], clean, anchor=d.ocr_guided_anchor,
+                                     ctc_cap=d.ocr_guided_ctc_cap)
     result = _train.train(
         guided.d2, objective, words, steps=steps, checkpoint=checkpoint, batch_size=d.ocr_guided_batch,
         lr=d.ocr_guided_lr, clip_max_norm=d.clip_max_norm, seed=cfg.seed,
