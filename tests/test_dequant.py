@@ -253,7 +253,7 @@ def test_ocr_guided_step_updates_only_d2():
         crops = [ocr.crop_boxes(fresh.refine(x8[i["index"]].float() / 255, [i["box"]])[0][0].clamp(0, 1)[None],
                                 [[(0, 0, i["box"][2] - i["box"][0], i["box"][3] - i["box"][1])]])[0] for i in batch]
         logits = recognizer(ocr.pad_crops(crops))
-        per = ocr.ctc_loss(logits, labels, reduction="none") / torch.tensor([len(t) for t in labels])
+        per = ocr.ctc_loss(logits, labels, reduction="none") / torch.tensor([len(t) for t in labels])  # per char
     cap = float(per.mean())
     mid = dequant.ocr_guided_objective(fresh, x8, ctc_cap=cap)(fresh.d2, batch)
     assert float(mid["capped"]) == 0.5

@@ -124,6 +124,14 @@ def test_ctc_loss_prefers_the_decoded_label():
     right, wrong = ocr.ctc_loss(logits, ["ab", "ba"], reduction="none")
     assert torch.isfinite(right) and right < wrong
     assert ocr.ctc_loss(logits, ["ab", "ab"]).shape == ()
+    # per_char: each image's loss over its label length; their mean is torch's "mean"
+    labels = ["ab", "abab"]
+    logits = torch.randn(2, 12, ocr.NUM_CLASSES, generator=torch.Generator().manual_seed(0))
+    per_char = ocr.ctc_loss(logits, labels, reduction="per_char")
+    assert torch.allclose(per_char, ocr.ctc_loss(logits, labels, reduction="none") / torch.tensor([2.0, 4.0]))
+    assert torch.allclose(per_char.mean(), ocr.ctc_loss(logits, labels))
+    with pytest.raises(ValueError, match="reduction must be"):
+        ocr.ctc_loss(logits, labels, reduction="avg")
 
 
 def test_crop_boxes_shapes_and_gradient():

@@ -733,8 +733,7 @@ def ocr_guided_objective(guided: OCRGuided, x_tilde_u8: torch.Tensor, clean_u8: 
                 clean = clean_u8[item["index"], :, y0:y1, x0:x1].to(device).float() / 255.0
                 errors.append(F.mse_loss(patch, clean))
         logits = recognizer(ocr.pad_crops(crops))
-        _, lengths = ocr.encode_labels(labels)
-        per_char = ocr.ctc_loss(logits, labels, reduction="none") / lengths.clamp(min=1).to(logits.device)
+        per_char = ocr.ctc_loss(logits, labels, reduction="per_char")
         ctc = per_char.mean()  # = ocr.ctc_loss(logits, labels), torch's "mean"
         ocr_term = ctc if ctc_cap is None else per_char.clamp(max=ctc_cap).mean()
         capped = (per_char.detach() > ctc_cap).float().mean() if ctc_cap is not None else ctc.new_zeros(())

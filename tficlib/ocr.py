@@ -357,7 +357,9 @@ def ctc_loss(logits: torch.Tensor, labels: list[str], reduction: str = "mean") -
     ``logits`` (B, T, 97) as returned by :func:`recognizer_logits`; log-softmax
     over the classes, blank = 0, every sequence of full length T.
     ``reduction``: ``"mean"`` (torch's: each loss divided by its label length,
-    then averaged over the batch), ``"sum"`` or ``"none"`` (per image).
+    then averaged over the batch), ``"sum"``, ``"none"`` (per image) or
+    ``"per_char"`` (per image, divided by its label length: the terms whose
+    mean is ``"mean"``).
     A label that cannot be aligned in T steps (too long) is an error.
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[-1] != NUM_CLASSES:
@@ -374,17 +376,22 @@ def ctc_loss(logits: torch.Tensor, labels: list[str], reduction: str = "mean") -
                 f"label {i} {s!r} needs {need} CTC steps but the recognizer gives {t}: "
                 "the image is too narrow for this text (or the label too long)"
             )
+    if reduction not in ("mean", "sum", "none", "per_char"):
+        raise ValueError(f"reduction must be 'mean', 'sum', 'none' or 'per_char', got {reduction!r}")
     log_probs = F.log_softmax(logits.float(), dim=2).transpose(0, 1)  # (T, B, C)
     input_lengths = torch.full((b,), t, dtype=torch.long)
-    return F.ctc_loss(
+    loss = F.ctc_loss(
         log_probs,
         targets.to(logits.device),
         input_lengths.to(logits.device),
         lengths.to(logits.device),
         blank=0,
-        reduction=reduction,
+        reduction="none" if reduction == "per_char" else reduction,
         zero_infinity=False,
     )
+    if reduction == "per_char":
+        loss = loss / lengths.clamp(min=1).to(loss.device)
+    return loss
 
 
 def greedy_decode(logits: torch.Tensor) -> list[str]:
