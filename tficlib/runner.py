@@ -205,13 +205,15 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
             if own_est["runs"] != est["runs"]:
                 est["profile_amounts"] = {k: own_est[k] for k in ("total_hours", "hours")}
             est_path = write_json(cfg.data_dir / "schedule_estimate.json", est)
-            stages = ", ".join(f"{k[:2]} {v:.1f} h" for k, v in est["hours"].items())
+
+            def stages(e: dict) -> str:
+                return ", ".join(f"{k[:2]} {v:.1f} h" for k, v in e["hours"].items())
+
             log(f"tficlib: at these step times the full {full.name!r} schedules train for about "
-                f"{est['total_hours']:.1f} h on {cfg.device} ({stages}; evaluation not counted): {est_path}")
+                f"{est['total_hours']:.1f} h on {cfg.device} ({stages(est)}; evaluation not counted): {est_path}")
             if "profile_amounts" in est:
-                stages = ", ".join(f"{k[:2]} {v:.1f} h" for k, v in own_est["hours"].items())
                 log(f"tficlib: with the profile's own amounts instead of the --set ones: about "
-                    f"{own_est['total_hours']:.1f} h ({stages})")
+                    f"{own_est['total_hours']:.1f} h ({stages(own_est)})")
     figures = sorted(cfg.figures_dir.glob("*.png")) if cfg.figures_dir.exists() else []
     if figures:
         log("figures:")
