@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.fft
 import torch
+import torch.nn.functional as F
 
 from tficlib import artifacts, config, dequant
 from tficlib.losses import dct2_blocks, dct_loss
@@ -308,3 +309,96 @@ def test_d2_initialisations():
     assert not torch.allclose(patch, x_tilde[:, 8:30, 10:60])
     with pytest.raises(ValueError, match="unknown D2 initialisation 'zeros'"):
         dequant.OCRGuided(d1, init="zeros")
+
+
+def _trained_like_dncnn(seed=0):
+    """A small DnCNN with non-trivial weights and BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    net = dequant.DnCNN(depth=5, features=8, zero_init=False)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return net.eval()
+
+
+def test_pack_windows_groups_by_size_within_the_waste_bound():
+    shapes = [(20, 50), (20, 50), (22, 48), (20, 120), (20, 118)]
+    # max_waste 0: only images of one size share a batch
+    assert sorted(map(sorted, dequant.pack_windows(shapes, 0.0))) == [[0, 1], [2], [3], [4]]
+    # a bound that lets the similar widths join but not 50 with 120 (padding 50 -> 120 wastes > 100 %)
+    assert sorted(map(sorted, dequant.pack_windows(shapes, 0.2))) == [[0, 1, 2], [3, 4]]
+    assert sorted(map(sorted, dequant.pack_windows(shapes, 10.0))) == [[0, 1, 2, 3, 4]]
+    assert dequant.pack_windows([], 0.5) == []
+    with pytest.raises(ValueError, match="max_waste must be >= 0"):
+        dequant.pack_windows(shapes, -0.1)
+
+
+def test_masked_padded_batch_equals_each_window_alone_with_gradients():
+    net = _trained_like_dncnn()
+    torch.manual_seed(1)
+    windows = [torch.rand(3, h, w) for h, w in [(21, 37), (30, 64), (21, 37), (17, 90), (33, 15)]]
+    alone = [net(w.unsqueeze(0))[0] for w in windows]
+    sum(o.square().sum() for o in alone).backward()
+    grads_alone = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad(set_to_none=True)
+    packed = dequant.run_windows(net, windows, max_waste=100.0)  # one padded batch of all five
+    sum(o.square().sum() for o in packed).backward()
+    for a, b in zip(alone, packed):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-6)
+    for ga, p in zip(grads_alone, net.parameters()):
+        assert torch.allclose(ga, p.grad, rtol=1e-4, atol=1e-6)
+    # without the mask the padding leaks into the windows (the check above would fail)
+    x = torch.stack([F.pad(w, (0, 90 - w.shape[-1], 0, 33 - w.shape[-2])) for w in windows])
+    leaky = net(x)
+    assert not torch.allclose(leaky[0, :, :21, :37], alone[0], atol=1e-3)
+
+
+def test_masked_batch_errors_are_named():
+    net = _trained_like_dncnn()
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"mask of a padded batch must be \(B, 1, H, W\)"):
+        net(x, torch.ones(2, 3, 16, 16))
+    net.train()
+    with pytest.raises(ValueError, match="needs the DnCNN in eval mode"):
+        net(x, torch.ones(2, 1, 16, 16))
+
+
+def test_refine_at_test_time_equals_the_training_path_word_by_word():
+    d1 = _trained_like_dncnn()
+    guided = dequant.OCRGuided(d1, init="d1", margin=4)
+    torch.manual_seed(2)
+    x_tilde = torch.rand(3, 64, 256)
+    boxes = [(3, 4, 40, 30), (50, 33, 120, 60), (200, 0, 256, 20)]
+    with torch.no_grad():
+        together, kept = guided.refine(x_tilde, boxes)  # one image, all its words (test time)
+        for patch, box in zip(together, kept):
+            (alone,) = guided.refine_words([(x_tilde, box)])  # one word (as in a training batch)
+            x0, y0, x1, y1 = box
+            win = dequant._window(box, 4, 64, 256)
+            direct = guided.d2(x_tilde[None, :, win[1]:win[3], win[0]:win[2]])[0]
+            assert torch.allclose(patch, alone, atol=1e-6)
+            assert torch.allclose(patch, direct[:, y0 - win[1]:y1 - win[1], x0 - win[0]:x1 - win[0]], atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_packs_windows_and_matches_each_window_alone():
+    net = _trained_like_dncnn().cuda()
+    torch.manual_seed(3)
+    windows = [torch.rand(3, h, w, device="cuda") for h, w in [(21, 37), (22, 40), (21, 37), (17, 45)]]
+    shapes = [tuple(w.shape[-2:]) for w in windows]
+    assert len(dequant.pack_windows(shapes, dequant.PACK_WASTE_CUDA)) < len(windows)  # batched on the GPU
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            alone = [net(w[None])[0] for w in windows]
+            packed = dequant.run_windows(net, windows)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    for a, b in zip(alone, packed):
+        assert torch.allclose(a, b, atol=1e-5)

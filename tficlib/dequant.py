@@ -33,6 +33,9 @@ Choices we made where the paper is silent (the notebooks state them too):
   D1 learned), with a context margin; the refined word is resized to the
   recognizer's height only for the recognizer (``ocr.crop_boxes``).  D2's
   BatchNorm keeps D1's running statistics (eval mode) while its weights learn.
+  Each word window is refined as if alone, in training and at test time; on a
+  GPU the windows of a batch run together, zero-padded and masked
+  (:func:`run_windows`), which gives the same result.
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ __all__ = [
     "ocr_guided_objective",
     "precompute_guidance",
     "reassemble",
+    "pack_windows",
     "restore",
+    "run_windows",
     "snapshot_model",
     "test_patches",
     "snapshots",
@@ -104,14 +109,36 @@ class DnCNN(nn.Module):
         if zero_init:
             nn.init.zeros_(self.body[-1].weight)
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """r̂: the predicted quantization noise."""
+    def residual(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """r̂: the predicted quantization noise.
+
+        ``mask`` (B, 1, H, W) of 0/1 runs a batch of images of different
+        sizes, each zero-padded on the right and bottom to (H, W) and marked by
+        ones over its own area: every layer's activations are zeroed outside
+        that area, so each layer reads zeros beyond the image's border exactly
+        as its own zero padding does, and each image's r̂ equals what it gets
+        alone (:func:`run_windows`).  Needs eval-mode BatchNorm (running
+        statistics): batch statistics would mix the images and the padding.
+        """
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"DnCNN expects (B, {self.channels}, H, W) images, got {getattr(x, 'shape', type(x))}")
-        return self.body(x)
+        if mask is None:
+            return self.body(x)
+        if mask.shape != (x.shape[0], 1, *x.shape[2:]):
+            raise ValueError(f"the mask of a padded batch must be (B, 1, H, W) = {(x.shape[0], 1, *x.shape[2:])}, "
+                             f"got {tuple(mask.shape)}")
+        if self.training:
+            raise ValueError("a masked (padded) batch needs the DnCNN in eval mode: BatchNorm's batch statistics "
+                             "would mix the images and their padding")
+        x = x * mask
+        for layer in self.body:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                x = x * mask
+        return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x - self.residual(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return x - self.residual(x, mask)
 
     def hparams(self) -> dict:
         return {"depth": self.depth, "features": self.features, "channels": self.channels}
@@ -523,6 +550,66 @@ def _window(box, margin: int, h: int, w: int) -> tuple[int, int, int, int]:
     return max(0, x0 - margin), max(0, y0 - margin), min(w, x1 + margin), min(h, y1 + margin)
 
 
+def pack_windows(shapes: Sequence[tuple[int, int]], max_waste: float) -> list[list[int]]:
+    """Group images of sizes ``shapes`` [(h, w)] into padded batches: lists of indices.
+
+    Sorted by width then height; an image joins the current group while the
+    group's padded area (count × max h × max w) stays within (1 + ``max_waste``)
+    × the sum of its images' areas.  ``max_waste`` = 0 groups only images of
+    one size.
+    """
+    if max_waste < 0:
+        raise ValueError(f"max_waste must be >= 0, got {max_waste}")
+    order = sorted(range(len(shapes)), key=lambda k: (shapes[k][1], shapes[k][0]))
+    groups: list[list[int]] = []
+    for k in order:
+        cand = groups[-1] + [k] if groups else [k]
+        hh = max(shapes[j][0] for j in cand)
+        ww = max(shapes[j][1] for j in cand)
+        area = sum(shapes[j][0] * shapes[j][1] for j in cand)
+        if groups and len(cand) * hh * ww <= (1 + max_waste) * area:
+            groups[-1] = cand
+        else:
+            groups.append([k])
+    return groups
+
+
+#: padded-area overhead allowed when D2's word windows are batched on a GPU (few large kernels beat many small
+#: ones there); on the CPU each pixel costs, and only windows of one size share a batch.
+PACK_WASTE_CUDA = 0.5
+
+
+def run_windows(model: DnCNN, windows: Sequence[torch.Tensor], max_waste: float | None = None) -> list[torch.Tensor]:
+    """``model`` (eval mode) on images of different sizes [(C, h, w)]: the outputs, each as if run alone.
+
+    Windows are grouped by :func:`pack_windows`, zero-padded to their group's
+    size and run with :meth:`DnCNN.residual`'s mask, so grouping changes the
+    speed, never the result.  ``max_waste`` None: :data:`PACK_WASTE_CUDA` on
+    a CUDA device, 0 elsewhere (measured on 2 CPU cores: padded batches of
+    word windows were slower than one window at a time).
+    """
+    if not windows:
+        return []
+    if max_waste is None:
+        max_waste = PACK_WASTE_CUDA if windows[0].device.type == "cuda" else 0.0
+    shapes = [tuple(w.shape[-2:]) for w in windows]
+    out: list[torch.Tensor | None] = [None] * len(windows)
+    for group in pack_windows(shapes, max_waste):
+        hh = max(shapes[j][0] for j in group)
+        ww = max(shapes[j][1] for j in group)
+        if len(group) == 1:
+            out[group[0]] = model(windows[group[0]].unsqueeze(0))[0]
+            continue
+        x = torch.stack([F.pad(windows[j], (0, ww - shapes[j][1], 0, hh - shapes[j][0])) for j in group])
+        mask = x.new_zeros(len(group), 1, hh, ww)
+        for n, j in enumerate(group):
+            mask[n, :, :shapes[j][0], :shapes[j][1]] = 1
+        y = model(x, mask)
+        for n, j in enumerate(group):
+            out[j] = y[n, :, :shapes[j][0], :shapes[j][1]]
+    return out
+
+
 class OCRGuided(nn.Module):
     """The OCR-guided dequantizer of Sec. 4.5 / Fig. 8.
 
@@ -574,20 +661,24 @@ class OCRGuided(nn.Module):
 
     def refine(self, x_tilde: torch.Tensor, boxes: Sequence[tuple]) -> tuple[list, list]:
         """D2 on the word patches of one image x̃ (3, H, W): returns (refined patches, boxes)."""
-        if not boxes:
-            return [], []
-        h, w = x_tilde.shape[-2:]
-        wins = [_window(b, self.margin, h, w) for b in boxes]
-        hh = max(b[3] - b[1] for b in wins)
-        ww = max(b[2] - b[0] for b in wins)
-        batch = torch.stack([
-            F.pad(x_tilde[:, y0:y1, x0:x1].unsqueeze(0), (0, ww - (x1 - x0), 0, hh - (y1 - y0)), mode="replicate")[0]
-            for x0, y0, x1, y1 in wins
-        ])
-        out = self.d2(batch)
-        patches = [out[i, :, b[1] - win[1]:b[3] - win[1], b[0] - win[0]:b[2] - win[0]]
-                   for i, (b, win) in enumerate(zip(boxes, wins))]
-        return patches, list(boxes)
+        return self.refine_words([(x_tilde, b) for b in boxes]), list(boxes)
+
+    def refine_words(self, words: Sequence[tuple[torch.Tensor, tuple]]) -> list[torch.Tensor]:
+        """x̂_p = D2(x̃_p) for word boxes of any images: [(x̃ (3, H, W), box)] -> patches (3, y1−y0, x1−x0).
+
+        Each word is refined in its window (the box plus ``margin`` pixels of
+        context, cut at the image border) exactly as if alone
+        (:func:`run_windows`), in training and at test time alike.
+        """
+        wins, crops = [], []
+        for x_tilde, box in words:
+            h, w = x_tilde.shape[-2:]
+            x0, y0, x1, y1 = win = _window(box, self.margin, h, w)
+            wins.append(win)
+            crops.append(x_tilde[:, y0:y1, x0:x1])
+        out = run_windows(self.d2, crops)
+        return [o[:, b[1] - win[1]:b[3] - win[1], b[0] - win[0]:b[2] - win[0]]
+                for o, (_, b), win in zip(out, words, wins)]
 
     def detect(self, x_tilde: torch.Tensor) -> list:
         from . import ocr
@@ -722,9 +813,9 @@ def ocr_guided_objective(guided: OCRGuided, x_tilde_u8: torch.Tensor, clean_u8: 
         device = next(model.parameters()).device
         recognizer = ocr.get_recognizer(device)
         crops, labels, errors = [], [], []
-        for item in batch:
-            xt = x_tilde_u8[item["index"]].to(device).float() / 255.0
-            (patch,), _ = guided.refine(xt, [item["box"]])
+        patches = guided.refine_words([(x_tilde_u8[item["index"]].to(device).float() / 255.0, item["box"])
+                                       for item in batch])
+        for item, patch in zip(batch, patches):
             h, w = patch.shape[-2:]
             crops += ocr.crop_boxes(patch.clamp(0, 1).unsqueeze(0), [[(0, 0, w, h)]])
             labels.append(item["label"])
