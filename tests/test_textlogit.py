@@ -69,6 +69,28 @@ def test_j_is_mean_over_entries_and_images(recognizer, lines):
     assert float(losses.text_logit_loss(x, no_text, partial, recognizer)) == pytest.approx(0.5, rel=1e-5)
 
 
+def test_centred_j_ignores_per_frame_shifts_and_keeps_the_rest(recognizer, lines):
+    """centered=True: a shift of all 97 logits of a frame (invisible to the softmax) costs nothing."""
+    x, boxes = lines
+    targets = textlogit.region_logits(x, boxes, recognizer)
+    g = torch.Generator().manual_seed(1)
+    frame_shift = [[t + 3.0 * torch.randn(t.shape[0], 1, generator=g) for t in ts] for ts in targets]
+    assert float(losses.text_logit_loss(x, boxes, frame_shift, recognizer)) > 1.0  # Eq. 4 counts the shifts
+    assert float(losses.text_logit_loss(x, boxes, frame_shift, recognizer, centered=True)) == pytest.approx(0.0, abs=1e-4)
+    # a change within a frame (one class up by 1) is seen by both; the centred form removes its mean 1/97
+    one_class = [[t.clone() for t in ts] for ts in targets]
+    for ts in one_class:
+        for t in ts:
+            t[:, 5] += 1.0
+    raw = float(losses.text_logit_loss(x, boxes, one_class, recognizer))
+    centred = float(losses.text_logit_loss(x, boxes, one_class, recognizer, centered=True))
+    n = ocr.NUM_CLASSES
+    assert raw == pytest.approx(1.0 / n, rel=1e-4)
+    assert centred == pytest.approx((1 - 1 / n) ** 2 / n + (n - 1) / n**3, rel=1e-4)
+    # without J (κ = 0, the reference) the choice changes nothing, and is not recorded: reference runs are shared
+    assert "logits" not in textlogit.text_logit_objective(1e-3, 0.0, centered=True).params
+
+
 def test_j_rejects_mismatched_inputs(recognizer, lines):
     x, boxes = lines
     with pytest.raises(ValueError, match="box lists"):
@@ -283,6 +305,13 @@ def test_objective_adds_kappa_j_and_reference_has_none(recognizer, tiny_dataset)
     out["loss"].backward()
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.g_s.parameters())
     assert all(p.grad is None for p in recognizer.parameters())
+    # the centred J is recorded in the fingerprint (a different run) and is no larger than Eq. 4's
+    torch.manual_seed(1)
+    centred_obj = textlogit.text_logit_objective(0.001, 0.1, cache, centered=True)
+    assert centred_obj.params["logits"] == "centered"
+    assert "logits" not in textlogit.text_logit_objective(0.001, 0.1, cache).params
+    centred = centred_obj(model, batch)
+    assert 0 < float(centred["J"].detach()) <= float(out["J"].detach())
     assert textlogit.kappa_method(0.0, config.resolve("smoke")) == "reference"
     assert textlogit.kappa_method(0.1, config.resolve("smoke")) == "textlogit"
     assert textlogit.kappa_method(10.0, config.resolve("smoke")) == "kappa10"

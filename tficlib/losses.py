@@ -81,7 +81,7 @@ def ocr_loss(x_hat: torch.Tensor, labels, reduction: str = "mean") -> torch.Tens
 
 
 # --------------------------------------------------------------------------- text logit loss (Lai et al.)
-def text_logit_loss(x_hat: torch.Tensor, boxes, targets, recognizer=None) -> torch.Tensor:
+def text_logit_loss(x_hat: torch.Tensor, boxes, targets, recognizer=None, centered: bool = False) -> torch.Tensor:
     """J(x, x̂) = (1/n) Σ_i ‖v_i − v̂_i‖² (Lai et al., Eq. 4), averaged over the batch (Algorithm 1).
 
     ``boxes``: per image, the (kept) text boxes B_i of the *original* (Eq. 1);
@@ -93,6 +93,13 @@ def text_logit_loss(x_hat: torch.Tensor, boxes, targets, recognizer=None) -> tor
     ‖·‖² is the mean over the T_i × 97 entries; J_k = 0 for an image with no
     box (no text term); the result is the mean of J_k over the B images.
     Differentiable w.r.t. ``x_hat`` only.  See :mod:`tficlib.textlogit`.
+
+    ``centered`` (our deviation; False is Eq. 4): compare the logits after
+    subtracting each frame's mean over the 97 classes from v_i and v̂_i.  The
+    softmax of a frame, and so every reading of it, is unchanged by adding one
+    number to all its logits; Eq. 4 on raw logits also penalises those shifts
+    (on the ``cpu`` stage-1 models 66–79 % of J), the centred form only what
+    the recognizer's output depends on.
     """
     from . import textlogit
 
@@ -118,7 +125,10 @@ def text_logit_loss(x_hat: torch.Tensor, boxes, targets, recognizer=None) -> tor
             if v.shape != vh.shape:
                 raise ValueError(f"cached logits {tuple(v.shape)} do not match the crop's {tuple(vh.shape)}: "
                                  "the cache was made with other boxes or another recognizer; rebuild it")
-            terms.append((vh.float() - v.detach().to(vh.device).float()).pow(2).mean())
+            diff = vh.float() - v.detach().to(vh.device).float()
+            if centered:
+                diff = diff - diff.mean(dim=-1, keepdim=True)
+            terms.append(diff.pow(2).mean())
         per_image.append(torch.stack(terms).mean())
     return torch.stack(per_image).mean()
 

@@ -84,6 +84,7 @@ __all__ = [
     "curve",
     "bd_intervals",
     "bd_tables",
+    "eq4_run",
     "kappa_sweep",
     "loss_scale",
     "plot_kappa_sweep",
@@ -519,7 +520,8 @@ def collate_indexed(items):
     return torch.stack(images), list(labels), torch.tensor(idx, dtype=torch.long)
 
 
-def text_logit_objective(lmbda: float, kappa: float, cache: RegionCache | None = None, ste: bool = True):
+def text_logit_objective(lmbda: float, kappa: float, cache: RegionCache | None = None, ste: bool = True,
+                         centered: bool = False):
     """Eq. 5 for :func:`tficlib.train.train`: L = R(ŷ) + R(ẑ) + λ·255²·MSE(x, x̂) + κ·J(x, x̂).
 
     D is CompressAI's λ·255²·MSE (the stage-1 loss), so κ = 0 is the
@@ -529,7 +531,9 @@ def text_logit_objective(lmbda: float, kappa: float, cache: RegionCache | None =
     runs on x̂ only.  With ``ste=True`` both the reference and the J run decode
     *rounded* latents through the straight-through estimator
     (:func:`tficlib.train.forward_ste`), the reconstruction the real decoder
-    makes; the rate keeps the noisy-latent likelihoods.
+    makes; the rate keeps the noisy-latent likelihoods.  ``centered``: J on
+    logits less each frame's mean (:func:`tficlib.losses.text_logit_loss`;
+    our deviation, False is Eq. 4).
     """
     from .losses import rate_bpp, text_logit_loss
     from .train import forward_ste
@@ -550,7 +554,7 @@ def text_logit_objective(lmbda: float, kappa: float, cache: RegionCache | None =
                  "psnr": 10 * math.log10(1.0 / max(F.mse_loss(out["x_hat"].detach().clamp(0, 1), x).item(), 1e-10))}
         if kappa > 0:
             boxes, targets = cache.batch(idx.tolist(), device=x.device)
-            j = text_logit_loss(out["x_hat"], boxes, targets)
+            j = text_logit_loss(out["x_hat"], boxes, targets, centered=centered)
             loss = loss + kappa * j
             terms["J"] = j
         terms["loss"] = loss
@@ -561,6 +565,8 @@ def text_logit_objective(lmbda: float, kappa: float, cache: RegionCache | None =
     if kappa > 0:
         params.update({"cache": cache.manifest_sha256, "cache_images": cache.n_images,
                        "m_min": round(cache.thresholds.m_min, 6), "sigma_max": round(cache.thresholds.sigma_max, 6)})
+        if centered:  # only then, so that the fingerprints of Eq. 4 runs stay what they were
+            params["logits"] = "centered"
     objective.params = params
     return objective
 
@@ -610,8 +616,13 @@ def run_seed(seed: int, k: int) -> int:
 
 
 def finetune(cfg, k: int, kappa: float, cache: RegionCache, device=None, seed: int = 0,
-             retrain: bool = False, progress: bool = True) -> Run:
+             retrain: bool = False, progress: bool = True, centered: bool | None = None,
+             method: str | None = None) -> Run:
     """Fine-tune the stage-1 model ``mse_<k>`` with Eq. 5 at λ = ``cfg.codec.lambdas[k]`` and ``kappa``.
+
+    ``centered`` (None: ``cfg.textlogit.centered_logits``) chooses J's form
+    (:func:`tficlib.losses.text_logit_loss`); ``method`` names the run
+    (default :func:`kappa_method`).
 
     Every run at λ index k (reference κ = 0, text logit κ > 0) starts from the
     same checkpoint and takes exactly ``cfg.textlogit.steps`` steps on the
@@ -625,14 +636,16 @@ def finetune(cfg, k: int, kappa: float, cache: RegionCache, device=None, seed: i
 
     t, c = cfg.textlogit, cfg.codec
     lmbda = float(c.lambdas[k])
-    method = kappa_method(kappa, cfg)
+    method = method or kappa_method(kappa, cfg)
+    centered = t.centered_logits if centered is None else bool(centered)
     name = f"{method}_{k}"
     model, _ = codec.load_model(tfic.model_path(cfg, tfic.STAGE1, "mse", k), stage=tfic.STAGE1,
                                 device=device or cfg.device)
     data = IndexedLines(textlines.load_split(cfg, "train"), cache.n_images)
     try:
         res = train.train(
-            model, text_logit_objective(lmbda, kappa, cache if kappa > 0 else None, ste=t.ste), data,
+            model, text_logit_objective(lmbda, kappa, cache if kappa > 0 else None, ste=t.ste,
+                                        centered=centered), data,
             steps=t.steps, checkpoint=tfic.checkpoint_path(cfg, STAGE, name), batch_size=t.batch_size, lr=t.lr,
             aux_lr=c.aux_lr, clip_max_norm=c.clip_max_norm, seed=run_seed(seed, k),
             checkpoint_every=c.checkpoint_every, aux_steps=c.aux_steps, lr_decay_start=c.lr_decay_start,
@@ -659,6 +672,19 @@ def train_curves(cfg, cache: RegionCache, device=None, seed: int = 0, retrain: b
     return runs
 
 
+def eq4_run(cfg, cache: RegionCache, device=None, seed: int = 0, retrain: bool = False) -> Run | None:
+    """The paper's Eq. 4 (raw logits) at the κ sweep's λ and κ = cfg.textlogit.kappa, method ``textlogit_eq4``.
+
+    Set beside the centred run of :func:`train_curves` at the same λ (same
+    start, steps and batches); None when the profile trains Eq. 4 itself
+    (``centered_logits`` False), since that run is then the ``textlogit`` one.
+    """
+    if not cfg.textlogit.centered_logits:
+        return None
+    k = range(len(cfg.codec.lambdas))[cfg.textlogit.sweep_lambda_index]
+    return finetune(cfg, k, cfg.textlogit.kappa, cache, device, seed, retrain, centered=False, method="textlogit_eq4")
+
+
 def kappa_sweep(cfg, cache: RegionCache, device=None, seed: int = 0, retrain: bool = False) -> list[Run]:
     """Fig. 4: one run per κ of ``cfg.textlogit.kappas`` at λ index ``sweep_lambda_index`` (κ = 0 included).
 
@@ -671,7 +697,11 @@ def kappa_sweep(cfg, cache: RegionCache, device=None, seed: int = 0, retrain: bo
 def loss_scale(cfg, cache: RegionCache, device=None, n: int = 16) -> list[dict]:
     """The terms of Eq. 5 for every stage-1 model on ``n`` cached training images (eval mode, rounded).
 
-    Shows what κ weighs: bpp, λ·255²·MSE and J(x, x̂) at the start of fine-tuning.
+    Shows what κ weighs: bpp, λ·255²·MSE and J(x, x̂) at the start of
+    fine-tuning: ``J`` in the form the profile trains, ``J_eq4`` on raw
+    logits (Eq. 4), ``J_centred`` without each frame's mean, and
+    ``shift_share`` = 1 − J_centred / J_eq4, the part of Eq. 4 that only
+    shifts whole frames (invisible to the softmax).
     """
     from . import codec, tfic
     from .data import textlines
@@ -688,11 +718,14 @@ def loss_scale(cfg, cache: RegionCache, device=None, n: int = 16) -> list[dict]:
         model, _ = codec.load_model(tfic.model_path(cfg, tfic.STAGE1, "mse", k), stage=tfic.STAGE1, device=dev)
         with torch.no_grad():
             out = model(x)
-            j = float(text_logit_loss(out["x_hat"], boxes, targets))
+            j_eq4 = float(text_logit_loss(out["x_hat"], boxes, targets))
+            j_centred = float(text_logit_loss(out["x_hat"], boxes, targets, centered=True))
             bpp = float(rate_bpp(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3]))
             d = float(lmbda * 255**2 * F.mse_loss(out["x_hat"], x))
+        j = j_centred if cfg.textlogit.centered_logits else j_eq4
         rows.append({"k": k, "lambda": lmbda, "bpp_estimated": bpp, "lambda_D": d, "J": j,
-                     "kappa_J": cfg.textlogit.kappa * j})
+                     "kappa_J": cfg.textlogit.kappa * j, "J_eq4": j_eq4, "J_centred": j_centred,
+                     "shift_share": 1 - j_centred / j_eq4 if j_eq4 > 0 else None})
     return rows
 
 
