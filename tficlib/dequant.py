@@ -595,11 +595,11 @@ def run_windows(model: DnCNN, windows: Sequence[torch.Tensor], max_waste: float 
     shapes = [tuple(w.shape[-2:]) for w in windows]
     out: list[torch.Tensor | None] = [None] * len(windows)
     for group in pack_windows(shapes, max_waste):
-        hh = max(shapes[j][0] for j in group)
-        ww = max(shapes[j][1] for j in group)
         if len(group) == 1:
             out[group[0]] = model(windows[group[0]].unsqueeze(0))[0]
             continue
+        hh = max(shapes[j][0] for j in group)
+        ww = max(shapes[j][1] for j in group)
         x = torch.stack([F.pad(windows[j], (0, ww - shapes[j][1], 0, hh - shapes[j][0])) for j in group])
         mask = x.new_zeros(len(group), 1, hh, ww)
         for n, j in enumerate(group):
