@@ -87,6 +87,11 @@ def test_centred_j_ignores_per_frame_shifts_and_keeps_the_rest(recognizer, lines
     n = ocr.NUM_CLASSES
     assert raw == pytest.approx(1.0 / n, rel=1e-4)
     assert centred == pytest.approx((1 - 1 / n) ** 2 / n + (n - 1) / n**3, rel=1e-4)
+    # the distance on given logits is the loss without running the recognizer again
+    v_hat = textlogit.region_logits(x, boxes, recognizer)
+    for centred in (False, True):
+        assert torch.allclose(losses.logit_distance(v_hat, frame_shift, centred, like=x),
+                              losses.text_logit_loss(x, boxes, frame_shift, recognizer, centered=centred), atol=1e-6)
     # without J (κ = 0, the reference) the choice changes nothing, and is not recorded: reference runs are shared
     assert "logits" not in textlogit.text_logit_objective(1e-3, 0.0, centered=True).params
 

@@ -115,10 +115,20 @@ def text_logit_loss(x_hat: torch.Tensor, boxes, targets, recognizer=None, center
     if len(targets) != len(boxes) or any(len(t) != len(b) for t, b in zip(targets, boxes)):
         raise ValueError("text_logit_loss: targets must hold one logit tensor per box of every image")
     v_hat = textlogit.region_logits(x_hat.clamp(0.0, 1.0), boxes, recognizer)
+    return logit_distance(v_hat, targets, centered, like=x_hat)
+
+
+def logit_distance(v_hat, targets, centered: bool = False, like: torch.Tensor | None = None) -> torch.Tensor:
+    """The distance of :func:`text_logit_loss` between given logits: per image v̂_i and v_i, lists of (T_i, 97).
+
+    Lets a caller that already has v̂ (e.g. both forms of J on one
+    reconstruction) skip running the recognizer again.  An image without
+    regions adds a zero made like ``like`` (default: a CPU float).
+    """
     per_image = []
     for vs, vhs in zip(targets, v_hat):
         if not vs:
-            per_image.append(x_hat.new_zeros(()))
+            per_image.append(like.new_zeros(()) if like is not None else torch.zeros(()))
             continue
         terms = []
         for v, vh in zip(vs, vhs):

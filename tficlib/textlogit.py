@@ -705,7 +705,7 @@ def loss_scale(cfg, cache: RegionCache, device=None, n: int = 16) -> list[dict]:
     """
     from . import codec, tfic
     from .data import textlines
-    from .losses import rate_bpp, text_logit_loss
+    from .losses import logit_distance, rate_bpp
 
     data = IndexedLines(textlines.load_split(cfg, "train"), cache.n_images)
     n = min(n, len(data))
@@ -718,8 +718,9 @@ def loss_scale(cfg, cache: RegionCache, device=None, n: int = 16) -> list[dict]:
         model, _ = codec.load_model(tfic.model_path(cfg, tfic.STAGE1, "mse", k), stage=tfic.STAGE1, device=dev)
         with torch.no_grad():
             out = model(x)
-            j_eq4 = float(text_logit_loss(out["x_hat"], boxes, targets))
-            j_centred = float(text_logit_loss(out["x_hat"], boxes, targets, centered=True))
+            v_hat = region_logits(out["x_hat"].clamp(0.0, 1.0), boxes)  # the recognizer once, both forms of J
+            j_eq4 = float(logit_distance(v_hat, targets, like=out["x_hat"]))
+            j_centred = float(logit_distance(v_hat, targets, centered=True, like=out["x_hat"]))
             bpp = float(rate_bpp(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3]))
             d = float(lmbda * 255**2 * F.mse_loss(out["x_hat"], x))
         j = j_centred if cfg.textlogit.centered_logits else j_eq4
