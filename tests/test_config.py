@@ -160,3 +160,11 @@ def test_overrides_accumulate_and_keep_the_variant():
     more = config.apply_overrides(long, {"tfic.batch_size": 4})
     assert (more.variant, more.tfic.steps, more.tfic.batch_size) == ("long", 900, 4)
     assert __import__("json").loads(more.overrides) == {"tfic.steps": 900, "tfic.batch_size": 4}
+
+
+def test_cpu_text_logit_runs_see_no_line_twice_and_leave_the_validation_lines_out():
+    """03's `cpu` amounts were chosen on training lines 1800-1999 (README): no J run may train on them."""
+    cpu = config.resolve("cpu", device="cpu")
+    t = cpu.textlogit
+    assert t.steps * t.batch_size <= t.train_images  # one pass at most: no line seen twice
+    assert t.train_images <= 1800 <= cpu.textlines.n_train - 200
