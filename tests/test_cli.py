@@ -17,6 +17,7 @@ from PIL import Image
 
 from tficlib import cli_codec, codec, config, train
 from tficlib.__main__ import main
+from tficlib.objectives import RateDistortion
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def env(tmp_data, monkeypatch):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     lines = [(torch.rand(3, 64, 64, generator=g), "x") for _ in range(4)]
-    model = train.train(codec.build_model("bmshj2018-hyperprior", 16, 16), train.rate_distortion_objective(0.01),
+    model = train.train(codec.build_model("bmshj2018-hyperprior", 16, 16), RateDistortion(0.01),
                         lines, steps=3, checkpoint=tmp_data / "tiny.ckpt", batch_size=2, lr=1e-3,
                         aux_steps=2, progress=False).model
     ckpt = cli_codec.default_checkpoint(cfg, "tfic", 0)

@@ -8,19 +8,20 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from tficlib import artifacts, config, dequant
+from tficlib import artifacts, config, dequant, dncnn, ocr, train
 from tficlib.losses import dct2_blocks, dct_loss
+from tficlib.objectives import Dequantization, OCRGuided
 
 
 # --------------------------------------------------------------------------- DnCNN
 @pytest.mark.parametrize("shape", [(2, 3, 17, 23), (1, 3, 9, 65), (1, 3, 3, 1)])
 def test_dncnn_output_shape_equals_input_shape(shape):
-    model = dequant.DnCNN(depth=17, features=8, zero_init=False)
+    model = dncnn.DnCNN(depth=17, features=8, zero_init=False)
     assert model(torch.rand(shape)).shape == shape
 
 
 def test_dncnn_layout_of_fig7():
-    model = dequant.DnCNN()
+    model = dncnn.DnCNN()
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(convs) == 17 and len(bns) == 15
@@ -30,7 +31,7 @@ def test_dncnn_layout_of_fig7():
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_dncnn_is_the_identity_at_init(mode):
-    model = dequant.DnCNN(depth=5, features=8)
+    model = dncnn.DnCNN(depth=5, features=8)
     model.train(mode == "train")
     x = torch.rand(2, 3, 19, 21)
     assert torch.equal(model.residual(x), torch.zeros_like(x))
@@ -39,7 +40,7 @@ def test_dncnn_is_the_identity_at_init(mode):
 
 def test_dncnn_rejects_wrong_channels():
     with pytest.raises(ValueError, match="DnCNN expects"):
-        dequant.DnCNN(depth=3, features=4)(torch.rand(1, 1, 8, 8))
+        dncnn.DnCNN(depth=3, features=4)(torch.rand(1, 1, 8, 8))
 
 
 # --------------------------------------------------------------------------- DCT loss
@@ -90,11 +91,11 @@ def test_dct_loss_scale_and_errors():
 
 
 def test_dequant_objective_mse_only_has_no_dct_term():
-    model = dequant.DnCNN(depth=3, features=4)
+    model = dncnn.DnCNN(depth=3, features=4)
     batch = {"clean": torch.rand(2, 3, 16, 16), "degraded": torch.rand(2, 3, 16, 16)}
-    out = dequant.dequant_objective(1.0)(model, batch)
+    out = Dequantization(1.0)(model, batch)
     assert out["loss"].item() == pytest.approx(out["mse"].item())
-    out = dequant.dequant_objective(0.8)(model, batch)
+    out = Dequantization(0.8)(model, batch)
     assert out["loss"].item() == pytest.approx(0.8 * out["mse"].item() + 0.2 * out["dct"].item(), rel=1e-6)
 
 
@@ -113,7 +114,7 @@ class _FakePatches:
 
 
 def test_crops_lie_on_the_jpeg_grid():
-    data = dequant.PatchCrops(_FakePatches(2), crop=32, grid=16)
+    data = dncnn.PatchCrops(_FakePatches(2), crop=32, grid=16)
     full = (data.clean[1].float() / 255)
     torch.manual_seed(0)
     for _ in range(20):
@@ -131,15 +132,15 @@ def _tiny_cfg(**dq):
 
 def test_train_dncnn_snapshots_resume_and_reuse(tmp_data):
     cfg = _tiny_cfg()
-    data = dequant.PatchCrops(_FakePatches(), crop=32)
+    data = dncnn.PatchCrops(_FakePatches(), crop=32)
     ckpt = cfg.stage_dir(dequant.STAGE_DNCNN) / "dncnn.pt"
     result = dequant.train_dncnn(cfg, data, ckpt, progress=False)
     assert [row["step"] for row in result.log] == [1, 2, 3, 4]
-    assert sorted(dequant.snapshots(ckpt)) == [0, 2, 4]
+    assert sorted(train.snapshots(ckpt)) == [0, 2, 4]
     assert artifacts.read_json(ckpt.with_suffix(".log.json"))["meta"]["schedule"] == "dequant.steps"
     again = dequant.train_dncnn(cfg, data, ckpt, progress=False)
     assert again.reused
-    model, meta = dequant.load_dncnn(ckpt)
+    model, meta = dncnn.load_dncnn(ckpt)
     assert meta["dncnn"] == {"depth": 4, "features": 8, "channels": 3}
     for k, v in model.state_dict().items():
         assert torch.equal(v, result.model.state_dict()[k])
@@ -150,7 +151,7 @@ def test_train_dncnn_snapshots_resume_and_reuse(tmp_data):
 
 def test_ablation_is_paired_with_the_main_run(tmp_data):
     cfg = _tiny_cfg(steps=8, ablation_steps=2, lr_decay_start=0.5)
-    data = dequant.PatchCrops(_FakePatches(), crop=32)
+    data = dncnn.PatchCrops(_FakePatches(), crop=32)
     result, ref = dequant.train_ablation(cfg, data, cfg.stage_dir(dequant.STAGE_DNCNN) / "abl.pt", progress=False)
     assert ref == 2 and len(result.log) == 2
     assert result.meta["schedule"] == "dequant.ablation_steps"  # the amount a dry run's estimate scales by
@@ -163,11 +164,11 @@ def test_ablation_is_paired_with_the_main_run(tmp_data):
 def test_match_words_by_overlap():
     words = [("Hello", (10, 5, 60, 25)), ("world", (70, 5, 120, 25)), ("far", (200, 40, 230, 60))]
     boxes = [(8, 3, 62, 27), (66, 2, 124, 28), (150, 30, 160, 35)]
-    pairs, counts = dequant.match_words(boxes, words)
+    pairs, counts = ocr.match_words(boxes, words)
     assert pairs == [((8, 3, 62, 27), "Hello"), ((66, 2, 124, 28), "world")]
     assert counts == {"boxes": 3, "matched": 2, "unmatched_boxes": 1, "words": 3, "missed_words": 1}
     # a line box holding two words gets both, in reading order
-    pairs, _ = dequant.match_words([(5, 0, 130, 30)], words[:2])
+    pairs, _ = ocr.match_words([(5, 0, 130, 30)], words[:2])
     assert pairs == [((5, 0, 130, 30), "Hello world")]
 
 
@@ -175,19 +176,19 @@ def test_reassembly_puts_each_patch_back_where_it_came_from():
     x_tilde = torch.rand(3, 64, 256)
     boxes = [(3, 4, 40, 30), (50, 33, 120, 60), (200, 0, 256, 20)]
     patches = [torch.full((3, y1 - y0, x1 - x0), float(i + 2)) for i, (x0, y0, x1, y1) in enumerate(boxes)]
-    out = dequant.reassemble(x_tilde, patches, boxes)
+    out = dncnn.reassemble(x_tilde, patches, boxes)
     mask = torch.zeros(64, 256, dtype=torch.bool)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         assert torch.all(out[:, y0:y1, x0:x1] == i + 2)
         mask[y0:y1, x0:x1] = True
     assert torch.equal(out[:, ~mask], x_tilde[:, ~mask])
     # an identity D2 (zero residual) refines nothing: x̂ = x̃ exactly
-    guided = dequant.OCRGuided(dequant.DnCNN(depth=4, features=8), d2=dequant.DnCNN(depth=4, features=8))
+    guided = dncnn.OCRGuidedChain(dncnn.DnCNN(depth=4, features=8), d2=dncnn.DnCNN(depth=4, features=8))
     refined, kept = guided.refine(x_tilde, boxes)
     assert [tuple(p.shape[-2:]) for p in refined] == [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in boxes]
     for p, (x0, y0, x1, y1) in zip(refined, kept):
         assert torch.equal(p, x_tilde[:, y0:y1, x0:x1])
-    assert torch.equal(dequant.reassemble(x_tilde, refined, kept), x_tilde)
+    assert torch.equal(dncnn.reassemble(x_tilde, refined, kept), x_tilde)
 
 
 def _state(module):
@@ -203,8 +204,8 @@ def test_ocr_guided_step_updates_only_d2():
     from tficlib import ocr
 
     torch.manual_seed(0)
-    d1 = dequant.DnCNN(depth=4, features=8, zero_init=False).eval()
-    guided = dequant.OCRGuided(d1)
+    d1 = dncnn.DnCNN(depth=4, features=8, zero_init=False).eval()
+    guided = dncnn.OCRGuidedChain(d1)
     recognizer = ocr.get_recognizer("cpu")
     craft = ocr.get_reader("cpu").detector
     x = torch.ones(2, 3, 64, 256)
@@ -212,7 +213,7 @@ def test_ocr_guided_step_updates_only_d2():
     x_tilde = d1(x).detach().clamp(0, 1)
     before = {"d1": _state(d1), "craft": _state(craft), "recognizer": _state(recognizer), "d2": _state(guided.d2)}
     guided.detect(x_tilde[0])  # CRAFT runs on D1's output
-    objective = dequant.ocr_guided_objective(guided, (x_tilde * 255).round().to(torch.uint8))
+    objective = OCRGuided(guided, (x_tilde * 255).round().to(torch.uint8))
     optimizer = torch.optim.Adam([p for p in guided.d2.parameters() if p.requires_grad], lr=1e-2)
     batch = [{"index": 0, "box": (30, 20, 200, 40), "label": "hello"},
              {"index": 1, "box": (10, 10, 90, 50), "label": "world"}]
@@ -226,24 +227,24 @@ def test_ocr_guided_step_updates_only_d2():
     assert not _same(before["d2"], _state(guided.d2))
     assert float(out["mse"].detach()) == 0.0  # no anchor: the paper's OCR-only loss
     # with the pixel anchor μ: loss = CTC + μ·MSE(x̂_p, x_p); an identity D2 on x_p = x̃ has zero anchor error
-    fresh = dequant.OCRGuided(d1)
+    fresh = dncnn.OCRGuidedChain(d1)
     x8 = (x_tilde * 255).round().to(torch.uint8)
-    same = dequant.ocr_guided_objective(fresh, x8, x8, anchor=50.0)(fresh.d2, batch)
+    same = OCRGuided(fresh, x8, x8, anchor=50.0)(fresh.d2, batch)
     assert float(same["mse"].detach()) == 0.0 and torch.allclose(same["loss"], same["ctc"])
     white = torch.full_like(x8, 255)
-    anchored = dequant.ocr_guided_objective(fresh, x8, white, anchor=50.0)(fresh.d2, batch)
+    anchored = OCRGuided(fresh, x8, white, anchor=50.0)(fresh.d2, batch)
     assert float(anchored["mse"].detach()) > 0.01
     assert torch.allclose(anchored["loss"], anchored["ctc"] + 50.0 * anchored["mse"])
 
     # the CTC cap: the plain mean is torch's "mean" CTC; a cap above every word changes nothing; a cap below
     # every word leaves the loss at the cap and sends no gradient to D2
     labels = [item["label"] for item in batch]
-    plain = dequant.ocr_guided_objective(fresh, x8)(fresh.d2, batch)
+    plain = OCRGuided(fresh, x8)(fresh.d2, batch)
     assert float(plain["capped"]) == 0.0
-    high = dequant.ocr_guided_objective(fresh, x8, ctc_cap=1e6)(fresh.d2, batch)
+    high = OCRGuided(fresh, x8, ctc_cap=1e6)(fresh.d2, batch)
     assert torch.allclose(high["loss"], plain["loss"]) and torch.allclose(high["ctc"], plain["ctc"])
     assert float(high["capped"]) == 0.0
-    low = dequant.ocr_guided_objective(fresh, x8, ctc_cap=1e-3)(fresh.d2, batch)
+    low = OCRGuided(fresh, x8, ctc_cap=1e-3)(fresh.d2, batch)
     assert low["ctc"].item() > 1e-3 and low["capped"].item() == 1.0
     assert torch.allclose(low["loss"], torch.tensor(1e-3)) and torch.allclose(low["ctc"], plain["ctc"])
     fresh.d2.zero_grad(set_to_none=True)
@@ -256,23 +257,23 @@ def test_ocr_guided_step_updates_only_d2():
         logits = recognizer(ocr.pad_crops(crops))
         per = ocr.ctc_loss(logits, labels, reduction="none") / torch.tensor([len(t) for t in labels])  # per char
     cap = float(per.mean())
-    mid = dequant.ocr_guided_objective(fresh, x8, ctc_cap=cap)(fresh.d2, batch)
+    mid = OCRGuided(fresh, x8, ctc_cap=cap)(fresh.d2, batch)
     assert float(mid["capped"]) == 0.5
     assert torch.allclose(mid["loss"], per.clamp(max=cap).mean(), rtol=1e-4)
-    assert dequant.ocr_guided_objective(fresh, x8, ctc_cap=cap).params["ctc_cap"] == cap
+    assert OCRGuided(fresh, x8, ctc_cap=cap).params()["ctc_cap"] == cap
 
 
 def test_pixel_anchor_needs_aligned_clean_patches():
-    guided = dequant.OCRGuided(dequant.DnCNN(depth=4, features=8))
+    guided = dncnn.OCRGuidedChain(dncnn.DnCNN(depth=4, features=8))
     x8 = torch.zeros(2, 3, 16, 32, dtype=torch.uint8)
     with pytest.raises(ValueError, match="needs the clean patches aligned"):
-        dequant.ocr_guided_objective(guided, x8, None, anchor=1.0)
+        OCRGuided(guided, x8, None, anchor=1.0)
     with pytest.raises(ValueError, match="needs the clean patches aligned"):
-        dequant.ocr_guided_objective(guided, x8, x8[:1], anchor=1.0)
+        OCRGuided(guided, x8, x8[:1], anchor=1.0)
     with pytest.raises(ValueError, match="must be >= 0"):
-        dequant.ocr_guided_objective(guided, x8, x8, anchor=-1.0)
+        OCRGuided(guided, x8, x8, anchor=-1.0)
     with pytest.raises(ValueError, match="CTC cap must be > 0"):
-        dequant.ocr_guided_objective(guided, x8, ctc_cap=0.0)
+        OCRGuided(guided, x8, ctc_cap=0.0)
 
 
 def test_targets_are_reported_not_hidden():
@@ -291,11 +292,11 @@ def test_targets_are_reported_not_hidden():
 
 def test_d2_initialisations():
     torch.manual_seed(0)
-    d1 = dequant.DnCNN(depth=4, features=8, zero_init=False).eval()
+    d1 = dncnn.DnCNN(depth=4, features=8, zero_init=False).eval()
     x_tilde = torch.rand(3, 40, 96)
     box = [(10, 8, 60, 30)]
     # identity (default): D1's weights except the zeroed last layer, so x̂ = x̃ before training
-    guided = dequant.OCRGuided(d1)
+    guided = dncnn.OCRGuidedChain(d1)
     assert guided.init == "identity"
     assert torch.count_nonzero(guided.d2.body[-1].weight) == 0
     assert torch.count_nonzero(d1.body[-1].weight) > 0  # D1 itself untouched
@@ -303,18 +304,18 @@ def test_d2_initialisations():
     (patch,), _ = guided.refine(x_tilde, box)
     assert torch.equal(patch, x_tilde[:, 8:30, 10:60])
     # "d1": D1 exactly, so D2 re-applies the dequantizer
-    literal = dequant.OCRGuided(d1, init="d1")
+    literal = dncnn.OCRGuidedChain(d1, init="d1")
     assert _same(_state(literal.d2), _state(d1))
     (patch,), _ = literal.refine(x_tilde, box)
     assert not torch.allclose(patch, x_tilde[:, 8:30, 10:60])
     with pytest.raises(ValueError, match="unknown D2 initialisation 'zeros'"):
-        dequant.OCRGuided(d1, init="zeros")
+        dncnn.OCRGuidedChain(d1, init="zeros")
 
 
 def _trained_like_dncnn(seed=0):
     """A small DnCNN with non-trivial weights and BatchNorm statistics, in eval mode."""
     torch.manual_seed(seed)
-    net = dequant.DnCNN(depth=5, features=8, zero_init=False)
+    net = dncnn.DnCNN(depth=5, features=8, zero_init=False)
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -328,13 +329,13 @@ def _trained_like_dncnn(seed=0):
 def test_pack_windows_groups_by_size_within_the_waste_bound():
     shapes = [(20, 50), (20, 50), (22, 48), (20, 120), (20, 118)]
     # max_waste 0: only images of one size share a batch
-    assert sorted(map(sorted, dequant.pack_windows(shapes, 0.0))) == [[0, 1], [2], [3], [4]]
+    assert sorted(map(sorted, dncnn.pack_windows(shapes, 0.0))) == [[0, 1], [2], [3], [4]]
     # a bound that lets the similar widths join but not 50 with 120 (padding 50 -> 120 wastes > 100 %)
-    assert sorted(map(sorted, dequant.pack_windows(shapes, 0.2))) == [[0, 1, 2], [3, 4]]
-    assert sorted(map(sorted, dequant.pack_windows(shapes, 10.0))) == [[0, 1, 2, 3, 4]]
-    assert dequant.pack_windows([], 0.5) == []
+    assert sorted(map(sorted, dncnn.pack_windows(shapes, 0.2))) == [[0, 1, 2], [3, 4]]
+    assert sorted(map(sorted, dncnn.pack_windows(shapes, 10.0))) == [[0, 1, 2, 3, 4]]
+    assert dncnn.pack_windows([], 0.5) == []
     with pytest.raises(ValueError, match="max_waste must be >= 0"):
-        dequant.pack_windows(shapes, -0.1)
+        dncnn.pack_windows(shapes, -0.1)
 
 
 def test_masked_padded_batch_equals_each_window_alone_with_gradients():
@@ -345,7 +346,7 @@ def test_masked_padded_batch_equals_each_window_alone_with_gradients():
     sum(o.square().sum() for o in alone).backward()
     grads_alone = [p.grad.clone() for p in net.parameters()]
     net.zero_grad(set_to_none=True)
-    packed = dequant.run_windows(net, windows, max_waste=100.0)  # one padded batch of all five
+    packed = dncnn.run_windows(net, windows, max_waste=100.0)  # one padded batch of all five
     sum(o.square().sum() for o in packed).backward()
     for a, b in zip(alone, packed):
         assert a.shape == b.shape
@@ -370,7 +371,7 @@ def test_masked_batch_errors_are_named():
 
 def test_refine_at_test_time_equals_the_training_path_word_by_word():
     d1 = _trained_like_dncnn()
-    guided = dequant.OCRGuided(d1, init="d1", margin=4)
+    guided = dncnn.OCRGuidedChain(d1, init="d1", margin=4)
     torch.manual_seed(2)
     x_tilde = torch.rand(3, 64, 256)
     boxes = [(3, 4, 40, 30), (50, 33, 120, 60), (200, 0, 256, 20)]
@@ -379,7 +380,7 @@ def test_refine_at_test_time_equals_the_training_path_word_by_word():
         for patch, box in zip(together, kept):
             (alone,) = guided.refine_words([(x_tilde, box)])  # one word (as in a training batch)
             x0, y0, x1, y1 = box
-            win = dequant._window(box, 4, 64, 256)
+            win = dncnn._window(box, 4, 64, 256)
             direct = guided.d2(x_tilde[None, :, win[1]:win[3], win[0]:win[2]])[0]
             assert torch.allclose(patch, alone, atol=1e-6)
             assert torch.allclose(patch, direct[:, y0 - win[1]:y1 - win[1], x0 - win[0]:x1 - win[0]], atol=1e-6)
@@ -391,13 +392,13 @@ def test_cuda_packs_windows_and_matches_each_window_alone():
     torch.manual_seed(3)
     windows = [torch.rand(3, h, w, device="cuda") for h, w in [(21, 37), (22, 40), (21, 37), (17, 45)]]
     shapes = [tuple(w.shape[-2:]) for w in windows]
-    assert len(dequant.pack_windows(shapes, dequant.PACK_WASTE_CUDA)) < len(windows)  # batched on the GPU
+    assert len(dncnn.pack_windows(shapes, dncnn.PACK_WASTE_CUDA)) < len(windows)  # batched on the GPU
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     try:
         with torch.no_grad():
             alone = [net(w[None])[0] for w in windows]
-            packed = dequant.run_windows(net, windows)
+            packed = dncnn.run_windows(net, windows)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
     for a, b in zip(alone, packed):

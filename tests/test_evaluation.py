@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tficlib import artifacts, baselines, config, evaluation, widgets
+from tficlib import artifacts, baselines, config, evaluation, ocr, report, widgets
 
 BPP = [0.1, 0.2, 0.4, 0.8]
 LOG = np.log10(BPP)
@@ -22,6 +22,25 @@ def _acc(shift: float = 0.0, slope: float = 0.2, base: float = 0.7) -> list[floa
 def _fake_reader(images) -> list[str]:
     """A stand-in OCR: the text says how bright the image is (fast, deterministic)."""
     return [f"m{int(float(x.float().mean()) * 100)}" for x in images]
+
+
+class _Brightness(ocr.Engine):
+    """The stand-in OCR as a registered engine."""
+
+    name = "brightness"
+
+    def read_lines(self, images):
+        return _fake_reader(images)
+
+    read_text = read_lines
+
+    def identity(self):
+        return {"engine": self.name, "version": "1", "models": "0" * 16}
+
+
+@pytest.fixture(autouse=True)
+def fake_engine(monkeypatch):
+    monkeypatch.setitem(ocr.ENGINES, "brightness", _Brightness)
 
 
 @pytest.fixture
@@ -127,16 +146,16 @@ def test_headline_runtime_and_dequant_tables(stage_files):
     assert runtime[0]["paper_mean_ms"] == 12.9 and runtime[1]["std_ms"] == 2.0 and runtime[2]["mean_ms"] == 0.5
     deq = {r["input"]: r for r in evaluation.dequant_table(loaded)}
     assert deq["dncnn"]["source"] == "04_dncnn_dequantization" and deq["jpeg"]["accuracy"] == 0.03
-    md = evaluation.markdown_table(heads, ["paper", "claim", "paper_number", "ours", "profile"])
+    md = report.markdown_table(heads, ["paper", "claim", "paper_number", "ours", "profile"])
     assert md.count("\n") == len(heads) + 1 and md.startswith("| paper |")
     # headline_table also reads notebook 06's own results.json
     assert evaluation.headline_table({"tables": {"headline": heads}}) == heads
 
 
 def test_markdown_table_formats_cells():
-    md = evaluation.markdown_table([{"a": 0.12345, "b": None, "c": "x|y"}], digits=2)
+    md = report.markdown_table([{"a": 0.12345, "b": None, "c": "x|y"}], digits=2)
     assert md.splitlines()[2] == "| 0.12 | n/a | x\\|y |"
-    assert evaluation.markdown_table([]) == "(no rows)"
+    assert report.markdown_table([]) == "(no rows)"
 
 
 # --------------------------------------------------------------------------- classic codecs
@@ -154,7 +173,7 @@ def test_classic_curves_are_aligned_with_real_byte_counts(tmp_path):
     images = _synthetic_lines(3)
     labels = ["m90", "m89", "m88"]
     grid = {"jpeg": [5, 30, 90], "jpeg2000": [18, 24, 34]}
-    ev = evaluation.classic_curves(images, labels, codecs=list(grid), qualities=grid, reader=_fake_reader,
+    ev = evaluation.classic_curves(images, labels, codecs=list(grid), qualities=grid, engine="brightness",
                                    cache_dir=tmp_path)
     for key, entry in ev.methods.items():
         n = len(grid[key])
@@ -169,7 +188,7 @@ def test_classic_curves_are_aligned_with_real_byte_counts(tmp_path):
         assert all(b2 > b1 for b1, b2 in zip(entry["bpp"], entry["bpp"][1:])), entry["bpp"]  # monotone rate
         assert entry["psnr"][-1] > entry["psnr"][0]
         assert entry["bpp"][0] >= entry["floor_bpp"] * 0.5
-    again = evaluation.classic_curves(images, labels, codecs=list(grid), qualities=grid, reader=_fake_reader,
+    again = evaluation.classic_curves(images, labels, codecs=list(grid), qualities=grid, engine="brightness",
                                       cache_dir=tmp_path)
     assert sorted(again.cached) == sorted(grid) and again.methods == ev.methods
 
@@ -241,12 +260,14 @@ def test_learned_curves_add_line_cer_from_saved_models(cfg):
     entry = {"bpp": bpps, "cer": [0.5, 0.4], "accuracy": [0.1, 0.2], "lambda": [1e-4, 2e-4], "kappa": [0.1, 0.1]}
     artifacts.write_results(cfg, stage, {"textlogit": entry, "reference": {**entry, "bpp": [1.0, 2.0]}})
     loaded = evaluation.load_results(cfg, [stage])
-    methods, notes = evaluation.learned_curves(cfg, loaded, images, labels, reader=_fake_reader)
+    methods, notes, evals = evaluation.learned_curves(cfg, loaded, images, labels, engine="brightness")
     tl = methods["textlogit"]
     assert tl["source"] == stage and tl["cer_lai"] == [0.5, 0.4] and tl["bpp"] == bpps
     assert len(tl["cer"]) == len(tl["wer"]) == 2 and all(c >= 0 for c in tl["cer"])
-    # the reference's model files are missing: its curve is kept, without a line CER, and a note says why
-    assert "cer" not in methods["reference"] and any("reference" in n and "missing" in n for n in notes)
+    assert tl["engine"] == "brightness" and len(evals["textlogit"]) == 2
+    assert evals["textlogit"][0]["per_image_bpp"] == per_image[0]
+    # the reference's model files are missing: an independent engine cannot read it, a note says why
+    assert "reference" not in methods and any("reference" in n and "missing" in n for n in notes)
     assert any(n.startswith("mse: stage 02_tfic_ocr_finetuning missing") for n in notes)
     # the explorer offers the saved models as rate points
     points = widgets.rate_points(cfg, methods)

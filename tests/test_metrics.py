@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from tficlib import evaluate
 from tficlib import metrics as M
-from tficlib import tfic
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -294,7 +294,7 @@ def test_format_interval():
 
 
 def test_bd_intervals_match_bd_summary_on_the_means():
-    """tfic.bd_intervals: the same two numbers as bd_summary (from per-image values), with intervals."""
+    """evaluate.bd_intervals: the same two numbers as bd_summary (from per-image values), with intervals."""
     rng = np.random.default_rng(0)
     n = 30
 
@@ -306,8 +306,8 @@ def test_bd_intervals_match_bd_summary_on_the_means():
     test = [ev(r, a + 0.05) for r, a in zip((0.1, 0.2, 0.4, 0.8), (0.3, 0.6, 0.8, 0.9))]
     curve = lambda evals: {"bpp": [float(np.mean(e["per_image_bpp"])) for e in evals],  # noqa: E731
                            "accuracy": [float(np.mean(e["per_image_accuracy"])) for e in evals]}
-    summary = tfic.bd_summary(curve(ref), curve(test))
-    iv = tfic.bd_intervals(ref, test, n_boot=100)
+    summary = evaluate.bd_summary(curve(ref), curve(test))
+    iv = evaluate.bd_intervals(ref, test, n_boot=100)
     for key in ("bd_accuracy", "bd_rate_accuracy"):
         assert iv[key]["value"] == pytest.approx(summary[key])
         assert iv[key]["low"] <= iv[key]["value"] <= iv[key]["high"]

@@ -162,7 +162,7 @@ def test_crop_boxes_errors():
 
 def test_reading_order():
     boxes = [(100, 52, 150, 70), (0, 0, 40, 20), (0, 50, 60, 72), (50, 3, 90, 21)]
-    assert ocr._reading_order(boxes) == [1, 3, 2, 0]
+    assert ocr.reading_order(boxes) == [1, 3, 2, 0]
 
 
 # --------------------------------------------------------------------------- with the models
@@ -246,8 +246,9 @@ def test_ctc_gradient_reaches_input_and_recognizer_stays_frozen(models, lines):
     x = to_tensor(images[:4]).requires_grad_(True)
     logits = ocr.recognizer_logits(x)
     assert logits.shape == (4, 63, ocr.NUM_CLASSES)
-    with torch.no_grad():  # the step-by-step forward is EasyOCR's Model.forward
-        assert torch.allclose(logits, recognizer.model(recognizer.preprocess(x), None), atol=1e-5)
+    with torch.no_grad():  # the step-by-step forward is EasyOCR's Model.forward (its LSTMs in eval mode:
+        # on some CPUs another kernel than the training-mode one used while gradients flow, same within 1e-4)
+        assert torch.allclose(logits, recognizer.model(recognizer.preprocess(x), None), atol=5e-4)
     loss = ocr.ctc_loss(logits, labels[:4])
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
@@ -296,9 +297,9 @@ def test_read_text_and_cropped_path(models, lines):
 
 def test_read_text_input_errors():
     with pytest.raises(TypeError, match="uint8"):
-        ocr._as_image_list([np.zeros((8, 8, 3), dtype=np.float32)])
+        ocr.as_image_list([np.zeros((8, 8, 3), dtype=np.float32)])
     with pytest.raises(ValueError, match="H x W x 3"):
-        ocr._as_image_list([np.zeros((8, 8, 4), dtype=np.uint8)])
+        ocr.as_image_list([np.zeros((8, 8, 4), dtype=np.uint8)])
 
 
 def _lstm_modes(recognizer) -> list[bool]:

@@ -19,20 +19,20 @@ SCRIPT = textwrap.dedent(
     import sys, time, torch
     torch.set_num_threads(1)
     from tficlib import codec, train as T
+    from tficlib.objectives import RateDistortion
 
     ckpt, slow = sys.argv[1], float(sys.argv[2])
     g = torch.Generator().manual_seed(0)
     data = [(torch.rand(3, 64, 64, generator=g), f"w{i}") for i in range(8)]
     torch.manual_seed(0)
     model = codec.build_model("bmshj2018-hyperprior", N=8, M=8)
-    base = T.rate_distortion_objective(0.01)
 
-    def objective(model, batch):
-        time.sleep(slow)  # gives the parent time to kill us mid-run
-        return base(model, batch)
+    class Slow(RateDistortion):
+        def __call__(self, model, batch):
+            time.sleep(slow)  # gives the parent time to kill us mid-run
+            return super().__call__(model, batch)
 
-    objective.params = base.params
-    result = T.train(model, objective, data, steps=24, checkpoint=ckpt, batch_size=2, lr=1e-3, seed=3,
+    result = T.train(model, Slow(0.01), data, steps=24, checkpoint=ckpt, batch_size=2, lr=1e-3, seed=3,
                      checkpoint_every=4, aux_steps=5, progress=False)
     torch.save({k: v for k, v in result.model.state_dict().items()}, ckpt + ".final")
     print("resumed_from", result.resumed_from)

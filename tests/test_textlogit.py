@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tficlib import artifacts, config, losses, metrics, ocr, textlogit
+from tficlib import artifacts, config, evaluate, losses, metrics, ocr, textlogit
+from tficlib.objectives import TextLogit
 
 WORDS = ("harbour light", "Quartz 42")
 
@@ -35,7 +36,7 @@ def lines():
 # --------------------------------------------------------------------------- J(x, x̂), Eq. 4
 def test_j_is_zero_for_identical_images(recognizer, lines):
     x, boxes = lines
-    targets = textlogit.region_logits(x, boxes, recognizer)
+    targets = ocr.region_logits(x, boxes, recognizer)
     assert [len(t) for t in targets] == [2, 1]
     assert all(t.shape[-1] == ocr.NUM_CLASSES for ts in targets for t in ts)
     j_cached = losses.text_logit_loss(x.clone(), boxes, targets, recognizer)
@@ -61,7 +62,7 @@ def test_j_positive_and_differentiable_wrt_x_hat_only(recognizer, lines):
 def test_j_is_mean_over_entries_and_images(recognizer, lines):
     """J_k = mean over regions of the mean squared entry; an image with no box adds 0 to the batch mean."""
     x, boxes = lines
-    targets = textlogit.region_logits(x, boxes, recognizer)
+    targets = ocr.region_logits(x, boxes, recognizer)
     shifted = [[t + 1.0 for t in ts] for ts in targets]  # every entry off by 1 -> J_k = 1
     assert float(losses.text_logit_loss(x, boxes, shifted, recognizer)) == pytest.approx(1.0, rel=1e-5)
     no_text = [boxes[0], []]
@@ -72,7 +73,7 @@ def test_j_is_mean_over_entries_and_images(recognizer, lines):
 def test_centred_j_ignores_per_frame_shifts_and_keeps_the_rest(recognizer, lines):
     """centered=True: a shift of all 97 logits of a frame (invisible to the softmax) costs nothing."""
     x, boxes = lines
-    targets = textlogit.region_logits(x, boxes, recognizer)
+    targets = ocr.region_logits(x, boxes, recognizer)
     g = torch.Generator().manual_seed(1)
     frame_shift = [[t + 3.0 * torch.randn(t.shape[0], 1, generator=g) for t in ts] for ts in targets]
     assert float(losses.text_logit_loss(x, boxes, frame_shift, recognizer)) > 1.0  # Eq. 4 counts the shifts
@@ -88,12 +89,12 @@ def test_centred_j_ignores_per_frame_shifts_and_keeps_the_rest(recognizer, lines
     assert raw == pytest.approx(1.0 / n, rel=1e-4)
     assert centred == pytest.approx((1 - 1 / n) ** 2 / n + (n - 1) / n**3, rel=1e-4)
     # the distance on given logits is the loss without running the recognizer again
-    v_hat = textlogit.region_logits(x, boxes, recognizer)
+    v_hat = ocr.region_logits(x, boxes, recognizer)
     for centred in (False, True):
         assert torch.allclose(losses.logit_distance(v_hat, frame_shift, centred, like=x),
                               losses.text_logit_loss(x, boxes, frame_shift, recognizer, centered=centred), atol=1e-6)
     # without J (κ = 0, the reference) the choice changes nothing, and is not recorded: reference runs are shared
-    assert "logits" not in textlogit.text_logit_objective(1e-3, 0.0, centered=True).params
+    assert "logits" not in TextLogit(1e-3, 0.0, centered=True).params()
 
 
 def test_j_rejects_mismatched_inputs(recognizer, lines):
@@ -110,20 +111,20 @@ def test_j_rejects_mismatched_inputs(recognizer, lines):
 def test_batched_regions_equal_single_crops(recognizer, lines):
     """Grouping crops by EasyOCR's padded width gives the logits of each crop recognized alone."""
     x, boxes = lines
-    together = textlogit.region_logits(x, boxes, recognizer)
+    together = ocr.region_logits(x, boxes, recognizer)
     for b in range(2):
         for i, box in enumerate(boxes[b]):
-            (alone,) = textlogit.region_logits(x[b:b + 1], [[box]], recognizer)
+            (alone,) = ocr.region_logits(x[b:b + 1], [[box]], recognizer)
             torch.testing.assert_close(together[b][i], alone[0], atol=1e-4, rtol=1e-4)
 
 
 def test_bucket_width_follows_easyocr():
-    assert textlogit.bucket_width(64) == 64
-    assert textlogit.bucket_width(65) == 128
-    assert textlogit.bucket_width(256) == 256
-    assert textlogit.bucket_width(32) == 128  # narrow crops: ceil(64/32) * 64
+    assert ocr.bucket_width(64) == 64
+    assert ocr.bucket_width(65) == 128
+    assert ocr.bucket_width(256) == 256
+    assert ocr.bucket_width(32) == 128  # narrow crops: ceil(64/32) * 64
     with pytest.raises(ValueError):
-        textlogit.bucket_width(0)
+        ocr.bucket_width(0)
 
 
 # --------------------------------------------------------------------------- Eq. 6, constructed logits
@@ -239,7 +240,7 @@ def test_cache_matches_fresh_computation(recognizer, tiny_dataset, tmp_path):
         fresh_boxes = ocr.detect_boxes(x, device="cpu", **textlogit.DETECT_KWARGS)
         rs = loaded.regions_of(i)
         assert [tuple(loaded.boxes[r].tolist()) for r in rs] == fresh_boxes
-        fresh = textlogit.region_logits(x[None], [fresh_boxes], recognizer)[0]
+        fresh = ocr.region_logits(x[None], [fresh_boxes], recognizer)[0]
         for r, v in zip(rs, fresh):
             torch.testing.assert_close(loaded.region_logits(r), v.detach(), atol=1e-4, rtol=1e-4)
             assert textlogit.confidence_stats(v) == pytest.approx((float(loaded.median[r]), float(loaded.stdev[r])))
@@ -297,13 +298,13 @@ def test_objective_adds_kappa_j_and_reference_has_none(recognizer, tiny_dataset)
         logits=torch.zeros(31, ocr.NUM_CLASSES), median=torch.tensor([20.0], dtype=torch.float64),
         stdev=torch.tensor([1.0], dtype=torch.float64), texts=["paper"], labels=["paper boat", "KEY 9"])
     with pytest.raises(ValueError, match="Eq. 6"):
-        textlogit.text_logit_objective(0.001, 0.1, cache)
+        TextLogit(0.001, 0.1, cache)
     cache.apply(textlogit.Thresholds(**textlogit.PAPER_THRESHOLDS, source="fixed"))
     batch = textlogit.collate_indexed([(*tiny_dataset[i], i) for i in range(2)])
     torch.manual_seed(1)
-    ref = textlogit.text_logit_objective(0.001, 0.0)(model, batch)
+    ref = TextLogit(0.001, 0.0)(model, batch)
     torch.manual_seed(1)
-    out = textlogit.text_logit_objective(0.001, 0.1, cache)(model, batch)
+    out = TextLogit(0.001, 0.1, cache)(model, batch)
     assert "J" not in ref and float(out["J"].detach()) > 0
     # image 1 has no kept region: J is region 0's term halved by the batch mean
     assert float(out["loss"].detach()) == pytest.approx(float(ref["loss"].detach()) + 0.1 * float(out["J"].detach()), rel=1e-5)
@@ -312,9 +313,9 @@ def test_objective_adds_kappa_j_and_reference_has_none(recognizer, tiny_dataset)
     assert all(p.grad is None for p in recognizer.parameters())
     # the centred J is recorded in the fingerprint (a different run) and is no larger than Eq. 4's
     torch.manual_seed(1)
-    centred_obj = textlogit.text_logit_objective(0.001, 0.1, cache, centered=True)
-    assert centred_obj.params["logits"] == "centered"
-    assert "logits" not in textlogit.text_logit_objective(0.001, 0.1, cache).params
+    centred_obj = TextLogit(0.001, 0.1, cache, centered=True)
+    assert centred_obj.params()["logits"] == "centered"
+    assert "logits" not in TextLogit(0.001, 0.1, cache).params()
     centred = centred_obj(model, batch)
     assert 0 < float(centred["J"].detach()) <= float(out["J"].detach())
     assert textlogit.kappa_method(0.0, config.resolve("smoke")) == "reference"
@@ -334,13 +335,15 @@ def test_bd_intervals_place_per_image_cer_on_the_images_with_text():
 
     ref = [ev(r, c) for r, c in zip(bpp, cer)]
     test = [ev(0.8 * r, c) for r, c in zip(bpp, cer)]
-    iv = textlogit.bd_intervals(ref, test, with_text, n_boot=30)
+    keys = ("bd_rate_cer", "bd_rate_wer", "bd_cer", "bd_wer")
+    iv = evaluate.bd_intervals(ref, test, keys, images=with_text, n_boot=30)
     assert set(iv) == {"bd_rate_cer", "bd_rate_wer", "bd_cer", "bd_wer"}
     assert iv["bd_rate_cer"]["value"] == pytest.approx(-20.0, abs=1e-6)
     assert iv["bd_rate_cer"]["low"] == pytest.approx(-20.0, abs=1e-6)  # same CER, 0.8x bits on every image
     assert iv["bd_cer"]["value"] == pytest.approx(metrics.bd_quality(bpp, cer, [0.8 * r for r in bpp], cer,
                                                                      higher_is_better=False, relative=True))
-    with pytest.raises(ValueError, match="3 per-image CER values but 4 images with text"):
-        textlogit.bd_intervals(ref, [{**e, "per_image_cer": e["per_image_cer"][:3]} for e in test], with_text)
-    with pytest.raises(ValueError, match="no per-image values for"):
-        textlogit.bd_intervals(ref, test, with_text, keys=("bd_psnr_db",))
+    with pytest.raises(ValueError, match="3 per-image cer values for 6 images \\(4 with text\\)"):
+        evaluate.bd_intervals(ref, [{**e, "per_image_cer": e["per_image_cer"][:3]} for e in test], keys,
+                              images=with_text)
+    with pytest.raises(ValueError, match="has no per-image psnr: no interval for bd_psnr_db"):
+        evaluate.bd_intervals(ref, test, ("bd_psnr_db",), images=with_text)

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import torch
 
-from tficlib import codec, config, tfic
+from tficlib import codec, config, evaluate, tfic
 
 
 def test_reused_run_overwrites_another_runs_model(tmp_path, monkeypatch):
@@ -13,7 +13,7 @@ def test_reused_run_overwrites_another_runs_model(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = codec.build_model(cfg.codec.model, cfg.codec.N, cfg.codec.M)
     result = SimpleNamespace(model=model, reused=True, steps=3, aux_loss=0.1, log=[], meta={}, resumed_from=None)
-    path = tfic.model_path(cfg, tfic.STAGE2, "tfic", 2)
+    path = evaluate.model_path(cfg, tfic.STAGE2, "tfic", 2)
     # the name tfic_2 first holds a sweep run that started from stage-1 model 4 ...
     tfic._save(cfg, tfic.STAGE2, "tfic", 2, result, {"gamma": 0.1, "start": 4})
     assert codec.load_model(path)[1]["start"] == 4

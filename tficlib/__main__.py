@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ends with an estimate of the full run's training time")
     p.set_defaults(func=_cmd_run)
 
-    from . import cli_codec
+    from . import cli_codec, cli_train
 
+    cli_train.add_command(sub)
     cli_codec.add_commands(sub)
     return parser
 

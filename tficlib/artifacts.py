@@ -24,11 +24,19 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DATASET",
+    "DNCNN",
+    "EVALUATION",
+    "MSE_PRETRAINING",
+    "OCR_GUIDED",
+    "TEXT_LOGIT",
+    "TFIC_FINETUNING",
     "ArtifactError",
     "MissingArtifact",
     "NOTEBOOKS",
     "atomic_write",
     "cached_json",
+    "is_writer",
     "load_checkpoint",
     "read_json",
     "read_results",
@@ -39,16 +47,18 @@ __all__ = [
     "write_results",
 ]
 
-#: stage name -> the notebook that produces it
-NOTEBOOKS = {
-    "00_dataset": "notebooks/00_dataset.ipynb",
-    "01_mse_pretraining": "notebooks/01_mse_pretraining.ipynb",
-    "02_tfic_ocr_finetuning": "notebooks/02_tfic_ocr_finetuning.ipynb",
-    "03_text_logit_training": "notebooks/03_text_logit_training.ipynb",
-    "04_dncnn_dequantization": "notebooks/04_dncnn_dequantization.ipynb",
-    "05_ocr_guided_refinement": "notebooks/05_ocr_guided_refinement.ipynb",
-    "06_evaluation": "notebooks/06_evaluation.ipynb",
-}
+#: The stages, one per notebook: the names of their folders under ``data/<profile>/``.
+DATASET = "00_dataset"
+MSE_PRETRAINING = "01_mse_pretraining"
+TFIC_FINETUNING = "02_tfic_ocr_finetuning"
+TEXT_LOGIT = "03_text_logit_training"
+DNCNN = "04_dncnn_dequantization"
+OCR_GUIDED = "05_ocr_guided_refinement"
+EVALUATION = "06_evaluation"
+
+#: stage name -> the notebook that produces it (the registry of stages, in pipeline order)
+NOTEBOOKS = {stage: f"notebooks/{stage}.ipynb" for stage in (
+    DATASET, MSE_PRETRAINING, TFIC_FINETUNING, TEXT_LOGIT, DNCNN, OCR_GUIDED, EVALUATION)}
 
 CHECKPOINT_FORMAT = "tficlib-checkpoint-1"
 _UMASK = os.umask(0o022)
@@ -61,6 +71,14 @@ class ArtifactError(RuntimeError):
 
 class MissingArtifact(FileNotFoundError):
     """An earlier stage's artifact is missing; the message names the notebook to run."""
+
+
+def is_writer() -> bool:
+    """False on the ranks of a distributed run that must not write artifacts (all but rank 0)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never import torch just to ask
+    return not (dist is not None and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
 def stage_of(path: Path) -> str | None:

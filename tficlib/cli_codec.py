@@ -47,9 +47,9 @@ __all__ = [
 
 #: method -> the stage (notebook) that trains its models
 METHOD_STAGES = {
-    "mse": "01_mse_pretraining",
-    "tfic": "02_tfic_ocr_finetuning",
-    "textlogit": "03_text_logit_training",
+    "mse": artifacts.MSE_PRETRAINING,
+    "tfic": artifacts.TFIC_FINETUNING,
+    "textlogit": artifacts.TEXT_LOGIT,
 }
 IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "TIFF"}
 _LABEL = re.compile(r"^(mse|tfic|textlogit)_(\d+)$")
@@ -344,7 +344,8 @@ def _cmd_ocr(args) -> int:
         x, notes = load_image(path)
         for n in notes:
             _note(n)
-    print(ocr.read_text(x.cpu())[0])
+    reader = ocr.get_engine(args.engine).read_lines if args.line else ocr.get_engine(args.engine).read_text
+    print(reader(x.cpu())[0])
     return 0
 
 
@@ -405,8 +406,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("--profile", default=None, help=profile_help)
     p.set_defaults(func=_cmd_decompress)
 
-    p = subparsers.add_parser("ocr", help="print the text EasyOCR reads in an image or a .tfic bitstream")
+    p = subparsers.add_parser("ocr", help="print the text an OCR engine reads in an image or a .tfic bitstream")
     p.add_argument("input", help="PNG/JPEG/TIFF image or .tfic file (decoded first)")
+    from .ocr import ENGINES, TRAINING_ENGINE
+
+    p.add_argument("--engine", default=TRAINING_ENGINE, choices=sorted(ENGINES),
+                   help=f"OCR engine (default {TRAINING_ENGINE}, the one the codecs are trained against)")
+    p.add_argument("--line", action="store_true", help="read the image as one text line (no detection)")
     p.add_argument("--checkpoint", default=None, help="codec for a .tfic input (default: found by fingerprint)")
     p.add_argument("--profile", default=None, help=profile_help)
     p.set_defaults(func=_cmd_ocr)

@@ -71,7 +71,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import math
 import os
 import statistics
 import struct
@@ -79,19 +78,26 @@ import time
 import warnings
 import weakref
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from . import metrics
 from .artifacts import ArtifactError, atomic_write, load_checkpoint, save_checkpoint
 
 with warnings.catch_warnings():  # compressai's import uses the deprecated torch.jit.script
     warnings.simplefilter("ignore", FutureWarning)
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
     from compressai.layers import MaskedConv2d
-    from compressai.models import Cheng2020Attention, MeanScaleHyperprior, ScaleHyperprior
+    from compressai.models import (
+        Cheng2020Attention,
+        JointAutoregressiveHierarchicalPriors,
+        MeanScaleHyperprior,
+        ScaleHyperprior,
+    )
 
 __all__ = [
     "ALIGN",
@@ -108,12 +114,14 @@ __all__ = [
     "estimated_bpp",
     "evaluate_codec",
     "fingerprint",
+    "forward_ste",
     "load_model",
     "model_spec",
     "pad",
     "read_header",
     "read_tfic",
     "real_bpp",
+    "register_ste_forward",
     "save_model",
     "time_decoder",
     "time_encoder",
@@ -166,6 +174,84 @@ def build_model(name: str = "bmshj2018-hyperprior", N: int = 128, M: int | None 
         model = MODELS[name](N=N, M=int(M))
     _apply_masks(model)
     return model
+
+
+# --------------------------------------------------------------------------- training forward (STE)
+#: CompressAI class -> its straight-through training forward (:func:`forward_ste`); the most specific
+#: registered class of a model's MRO is used, so a subclass inherits its parent's forward.
+_STE_FORWARDS: dict[type, Callable] = {}
+
+
+def register_ste_forward(cls: type):
+    """Decorator: ``fn(model, x) -> dict`` is the straight-through forward of ``cls`` (and its subclasses)."""
+    def wrap(fn: Callable) -> Callable:
+        _STE_FORWARDS[cls] = fn
+        return fn
+    return wrap
+
+
+def forward_ste(model, x: torch.Tensor) -> dict:
+    """Training forward whose decoder sees *rounded* latents (straight-through estimator).
+
+    TFIC paper Sec. III-B trains through the quantizer: the rate keeps
+    CompressAI's noisy-latent likelihoods (training mode) while the synthesis
+    transform g_s receives ŷ = y + (round(y − μ) + μ − y).detach(): the
+    forward value is the rounded latent the real decoder will see, the
+    backward pass the identity.  μ = 0 for the scale hyperprior, the
+    predicted means for mean-scale models.  One adapter per model family
+    (:func:`register_ste_forward`); returns ``x_hat``, ``y_hat``, ``y`` and
+    ``likelihoods`` like CompressAI's forward.
+    """
+    for cls in type(model).__mro__:
+        if cls in _STE_FORWARDS:
+            return _STE_FORWARDS[cls](model, x)
+    raise TypeError(f"no straight-through forward for {type(model).__name__}; register one with "
+                    "tficlib.codec.register_ste_forward (supported: "
+                    f"{', '.join(c.__name__ for c in _STE_FORWARDS)})")
+
+
+def _ste_round(y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    return y + (torch.round(y - mu) + mu - y).detach()
+
+
+@register_ste_forward(ScaleHyperprior)
+def _ste_scale_hyperprior(model, x: torch.Tensor) -> dict:
+    """bmshj2018-hyperprior: z = h_a(|y|), scales = h_s(ẑ), μ = 0."""
+    y = model.g_a(x)
+    z_hat, z_likelihoods = model.entropy_bottleneck(model.h_a(torch.abs(y)))
+    scales_hat = model.h_s(z_hat)
+    _, y_likelihoods = model.gaussian_conditional(y, scales_hat, means=None)
+    y_hat = _ste_round(y, torch.zeros_like(y))
+    return {"x_hat": model.g_s(y_hat), "y_hat": y_hat, "y": y,
+            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+
+@register_ste_forward(MeanScaleHyperprior)
+def _ste_mean_scale(model, x: torch.Tensor) -> dict:
+    """mbt2018-mean: z = h_a(y), (scales, means) = h_s(ẑ), μ = the predicted means."""
+    y = model.g_a(x)
+    z_hat, z_likelihoods = model.entropy_bottleneck(model.h_a(y))
+    scales_hat, means_hat = model.h_s(z_hat).chunk(2, 1)
+    _, y_likelihoods = model.gaussian_conditional(y, scales_hat, means=means_hat)
+    y_hat = _ste_round(y, means_hat)
+    return {"x_hat": model.g_s(y_hat), "y_hat": y_hat, "y": y,
+            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+
+@register_ste_forward(JointAutoregressiveHierarchicalPriors)
+def _ste_autoregressive(model, x: torch.Tensor) -> dict:
+    """mbt2018 / cheng2020: the context model sees the noisy latents (CompressAI's training forward), g_s round(y)."""
+    y = model.g_a(x)
+    gc = model.gaussian_conditional
+    z_hat, z_likelihoods = model.entropy_bottleneck(model.h_a(y))
+    params = model.h_s(z_hat)
+    y_noisy = gc.quantize(y, "noise" if model.training else "dequantize")
+    ctx_params = model.context_prediction(y_noisy)
+    scales_hat, means_hat = model.entropy_parameters(torch.cat((params, ctx_params), dim=1)).chunk(2, 1)
+    _, y_likelihoods = gc(y, scales_hat, means=means_hat)
+    y_hat = _ste_round(y, torch.zeros_like(y))
+    return {"x_hat": model.g_s(y_hat), "y_hat": y_hat, "y": y,
+            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
 
 def _apply_masks(model) -> None:
@@ -294,6 +380,11 @@ class Header:
     def bpp(self) -> float:
         """Real bits per pixel of the original image, header included."""
         return 8.0 * self.total_bytes / (self.height * self.width)
+
+    @property
+    def bpp_payload(self) -> float:
+        """Bits per pixel of the entropy-coded payload alone (the rate papers in this field report)."""
+        return 8.0 * self.payload_bytes / (self.height * self.width)
 
 
 def _varint(value: int) -> bytes:
@@ -645,18 +736,7 @@ def _images_of(images):
         yield item.unsqueeze(0) if item.dim() == 3 else item
 
 
-def _psnr(x, y) -> float:
-    try:
-        from . import metrics
-    except ImportError:
-        metrics = None
-    if metrics is not None and hasattr(metrics, "psnr"):
-        return float(metrics.psnr(x, y))
-    mse = F.mse_loss(x.float(), y.float()).item()  # fallback until tficlib.metrics exists
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def _ms_ssim(metrics, x, y) -> float | None:
+def _ms_ssim(x, y) -> float | None:
     try:
         return float(metrics.ms_ssim(x, y))
     except ValueError:  # image too small for any MS-SSIM scale
@@ -674,20 +754,15 @@ def evaluate_codec(model, images, batch_size: int = 8, keep_reconstructions: boo
 
     For each image: compress to a ``.tfic`` stream, decompress those bytes, and
     measure.  Returns lists aligned by image: ``bpp`` (real, header included),
-    ``bytes``, ``header_bytes``, ``bpp_estimated`` (eval-mode rounded
-    likelihoods, same padding), ``psnr``, ``ms_ssim`` (None when tficlib.metrics
-    is unavailable or ``ms_ssim=False``; None for an image too small for it), ``encode_ms``, ``decode_ms``,
+    ``bpp_payload`` (entropy-coded bytes only), ``bytes``, ``header_bytes``, ``bpp_estimated`` (eval-mode rounded
+    likelihoods, same padding), ``psnr``, ``ms_ssim`` (None with ``ms_ssim=False``; None for an image too small for it), ``encode_ms``, ``decode_ms``,
     ``reconstructions`` (list of (1,3,H,W) CPU tensors, if kept), and
     ``mean`` (averages of the numbers).
     """
     _require_updated(model)
     device = next(model.parameters()).device
-    try:
-        from . import metrics
-    except ImportError:
-        metrics = None
-    use_ms = ms_ssim and metrics is not None and hasattr(metrics, "ms_ssim")
-    res: dict[str, Any] = {k: [] for k in ("bpp", "bytes", "header_bytes", "bpp_estimated", "psnr",
+    use_ms = bool(ms_ssim)
+    res: dict[str, Any] = {k: [] for k in ("bpp", "bpp_payload", "bytes", "header_bytes", "bpp_estimated", "psnr",
                                            "ms_ssim", "encode_ms", "decode_ms", "reconstructions")}
     items = list(_images_of(images))
     it = items
@@ -723,12 +798,13 @@ def evaluate_codec(model, images, batch_size: int = 8, keep_reconstructions: boo
             t2 = time.perf_counter()
             header = read_header(data)
             res["bpp"].append(header.bpp)
+            res["bpp_payload"].append(header.bpp_payload)
             res["bytes"].append(header.total_bytes)
             res["header_bytes"].append(header.header_bytes)
             res["encode_ms"].append(1e3 * (t1 - t0))
             res["decode_ms"].append(1e3 * (t2 - t1))
-            res["psnr"].append(_psnr(x, x_hat))
-            res["ms_ssim"].append(_ms_ssim(metrics, x, x_hat) if use_ms else None)
+            res["psnr"].append(float(metrics.psnr(x, x_hat)))
+            res["ms_ssim"].append(_ms_ssim(x, x_hat) if use_ms else None)
             if keep_reconstructions:
                 res["reconstructions"].append(x_hat.cpu())
     finally:

@@ -97,7 +97,8 @@ class CodecCfg:
     lambda_steps: int = 500  # per-λ fine-tuning from the base model (0: train each λ from scratch)
     checkpoint_every: int = 200
     aux_steps: int = 200  # auxiliary-only (quantile) steps after training, before the exact bisection
-    lr_decay_start: float = 0.7  # lr constant until this fraction of a run, then cosine down to lr/10
+    lr_decay_start: float = 0.7  # lr constant until this fraction of a run, then a cosine ...
+    lr_decay_to: float = 0.1  # ... down to lr_decay_to·lr (stage 1, and the TFIC and text logit fine-tuning)
 
 
 @dataclass(frozen=True)

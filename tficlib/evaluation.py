@@ -1,4 +1,4 @@
-"""Notebook 06: every stage's results on one axis, the classic codecs, and the papers' numbers.
+"""Recipe of notebook 06: every stage's results on one axis, the classic codecs, and the papers' numbers.
 
 What this module does (each function is one cell of ``notebooks/06_evaluation.ipynb``):
 
@@ -7,30 +7,28 @@ What this module does (each function is one cell of ``notebooks/06_evaluation.ip
   and the others are still used (:class:`StageResults`).
 * :func:`classic_curves` sweeps JPEG, WebP (lossy), AVIF, JPEG XL and JPEG 2000
   (:mod:`tficlib.baselines`) over the text-line test split and scores every
-  rate point with the same OCR as the learned codecs (:data:`LINE_READER`):
-  real bpp from the encoded bytes, OCR accuracy (TFIC Sec. IV-A), CER/WER
-  (Lai et al. Eq. 7, on the whole line against the ground truth) and PSNR.
-* :func:`learned_curves` takes the learned codecs' curves from their stages
-  (``mse`` and ``tfic`` from 02, ``reference`` and ``textlogit`` from 03; ``mse``
-  from 01 when 02 is missing) and adds the line CER/WER of the same decoded
-  images, so that every method has the same CER axis.
+  rate point with an OCR engine (the training engine, or an independent
+  judge): real bpp from the encoded bytes, OCR accuracy (TFIC Sec. IV-A),
+  CER/WER (Lai et al. Eq. 7, on the whole line against the ground truth), PSNR.
+* :func:`learned_curves` decodes the learned codecs of their stages (``mse`` and
+  ``tfic`` from 02, ``reference`` and ``textlogit`` from 03; ``mse`` from 01
+  when 02 is missing) and scores them with the same engine
+  (:func:`tficlib.evaluate.evaluate_model`, cached per engine beside each model).
 * :func:`comparison_table` is the Bjøntegaard table: every method against the
   MSE codec and against the best classic codec (:func:`best_classic`), on the
   accuracy axis (BD-rate, BD-accuracy) and on PSNR (BD-rate, BD-PSNR); values
-  that cannot be computed are ``None`` with the reason
-  (:func:`tficlib.metrics.bd_rate_result`).
+  that cannot be computed are ``None`` with the reason.
 * :func:`runtime_table` (TFIC Table I), :func:`dequant_table` (Sec. 4.6 of the
   journal paper) and :func:`headline_table` (each paper's claim, its number,
-  ours and whether it reproduced); :func:`markdown_table` renders any of them
-  (also for the README's Results section).
+  ours and whether it reproduced).
 
 Readings we chose (stated in the notebook too):
 
 * **CER on text lines.**  For the 06 figures, CER/WER are Eq. 7 of Lai et al.
-  on the whole line: the ground-truth label against :data:`LINE_READER`'s
-  reading of the decoded image.  Notebook 03 reports Lai's *region* CER
-  (reading of the original's CRAFT boxes as reference); it is kept as
-  ``cer_lai`` beside it and is the one the Lai headline row uses.
+  on the whole line: the ground-truth label against the engine's reading of
+  the decoded image.  Notebook 03 reports Lai's *region* CER (reading of the
+  original's CRAFT boxes as reference); it is kept as ``cer_lai`` beside it
+  and is the one the Lai headline row uses.
 * **Best classic codec** = the classic codec with the highest BD-accuracy
   against JPEG (JPEG itself counts 0): the codec that reads best at equal
   rate over the rates where both exist.
@@ -45,19 +43,18 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, baselines, metrics
+from . import artifacts, baselines, evaluate, metrics, ocr, plots
 
 __all__ = [
     "CLASSIC",
     "DEQUANT",
     "LEARNED",
-    "LINE_READER",
     "PAPER",
     "STAGE",
     "STAGES",
@@ -72,21 +69,17 @@ __all__ = [
     "dequant_table",
     "headline_table",
     "learned_curves",
-    "line_reader",
     "load_results",
-    "markdown_table",
     "rate_figure",
-    "read_in_chunks",
     "runtime_table",
-    "test_lines",
     "uncompressed_entry",
 ]
 
-STAGE = "06_evaluation"
+STAGE = artifacts.EVALUATION
 #: The stages notebook 06 reads, in pipeline order.
 STAGES = tuple(s for s in artifacts.NOTEBOOKS if s != STAGE)
-STAGE1, STAGE2, STAGE3 = "01_mse_pretraining", "02_tfic_ocr_finetuning", "03_text_logit_training"
-STAGE4, STAGE5 = "04_dncnn_dequantization", "05_ocr_guided_refinement"
+STAGE1, STAGE2, STAGE3 = artifacts.MSE_PRETRAINING, artifacts.TFIC_FINETUNING, artifacts.TEXT_LOGIT
+STAGE4, STAGE5 = artifacts.DNCNN, artifacts.OCR_GUIDED
 
 #: Classic codecs (results.json method keys).
 CLASSIC = tuple(baselines.CODECS)
@@ -99,15 +92,11 @@ LEARNED = {
 }
 #: Dequantization inputs (journal paper Sec. 4.6): method key -> stages that hold it, preferred first.
 DEQUANT = {
-    "jpeg": (STAGE5, STAGE4, "00_dataset"),
+    "jpeg": (STAGE5, STAGE4, artifacts.DATASET),
     "dncnn": (STAGE5, STAGE4),
     "ocr_guided": (STAGE5,),
-    "clean": (STAGE5, STAGE4, "00_dataset"),
+    "clean": (STAGE5, STAGE4, artifacts.DATASET),
 }
-
-#: The OCR used on text lines by every stage (00, 01, 02, 03 and here): EasyOCR's recognizer on the
-#: whole line (:func:`tficlib.ocr.read_lines`).  One place: :func:`line_reader`.
-LINE_READER = "read_lines"
 
 #: The papers' headline numbers (``/work/shared/papers``), one place.
 PAPER = {
@@ -115,13 +104,6 @@ PAPER = {
     "lai_bd_rate_cer": (-35.0, -30.0),  # percent, screenshots (Lai et al. Table 1)
     "dequant_accuracy": {"jpeg": "< 5 %", "dncnn": "≈ 75 %", "ocr_guided": "≈ 90 %", "clean": "reference"},
 }
-
-
-def line_reader() -> Callable:
-    """The text-line OCR of every stage: :func:`tficlib.ocr.read_lines` (see :data:`LINE_READER`)."""
-    from . import ocr
-
-    return getattr(ocr, LINE_READER)
 
 
 # =========================================================================== stage results
@@ -170,55 +152,23 @@ def load_results(cfg, stages: Sequence[str] = STAGES) -> StageResults:
     return out
 
 
-# =========================================================================== test split and OCR
-def test_lines(cfg):
-    """The text-line test split as every stage evaluates it: the first ``cfg.eval.n_test`` lines.
-
-    Returns ``(images (N,3,H,W) float in [0,1], labels)``.  A missing dataset
-    raises :class:`MissingArtifact` naming notebooks/00_dataset.ipynb.
-    """
-    import torch
-
-    from .data import textlines
-
-    dataset = textlines.load_split(cfg, "test")
-    n = len(dataset) if cfg.eval.n_test is None else min(int(cfg.eval.n_test), len(dataset))
-    items = [dataset[i] for i in range(n)]
-    return torch.stack([x for x, _ in items]), [lab for _, lab in items]
+# =========================================================================== OCR of the original lines
+def _engine(engine: str | None):
+    return ocr.get_engine(engine or ocr.TRAINING_ENGINE)
 
 
-def read_in_chunks(reader: Callable, images, chunk: int = 16, desc: str | None = None) -> list[str]:
-    """``reader`` over ``images`` (tensor or list) in chunks, with a tqdm bar when ``desc`` is given."""
-    n = len(images)
-    starts = range(0, n, max(1, int(chunk)))
-    if desc:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=desc, leave=False)
-    out: list[str] = []
-    for s in starts:
-        out += list(reader(images[s:s + chunk]))
-    if len(out) != n:
-        raise ValueError(f"the reader returned {len(out)} texts for {n} images")
-    return out
-
-
-def _scores(labels, preds) -> dict:
-    return metrics.text_metrics(labels, preds)
-
-
-def uncompressed_entry(images, labels, reader: Callable | None = None) -> dict:
-    """OCR of the original test lines (the horizontal line of every rate figure)."""
-    reader = reader or line_reader()
-    preds = read_in_chunks(reader, images)
-    return {"description": f"original test lines, EasyOCR {LINE_READER}", **_scores(labels, preds),
-            "preds": preds}
+def uncompressed_entry(images, labels, engine: str | None = None) -> dict:
+    """OCR of the original test lines (the horizontal line of every rate figure) by ``engine``."""
+    eng = _engine(engine)
+    preds = evaluate.read_in_chunks(eng.read_lines, images)
+    return {"description": f"original test lines, {eng.label}", "engine": eng.name,
+            **evaluate.text_scores(labels, preds), "preds": preds}
 
 
 # =========================================================================== classic codecs
 @dataclass
 class ClassicEvaluation:
-    """Classic-codec curves on the test lines.
+    """Classic-codec curves on the test lines, read by one engine.
 
     ``methods[codec]``: the results.json entry (lists aligned by quality point:
     ``quality``, ``bpp``, ``bytes`` (mean real bytes per image), ``accuracy``,
@@ -234,8 +184,14 @@ class ClassicEvaluation:
     skipped: dict[str, str] = field(default_factory=dict)
     cached: list[str] = field(default_factory=list)
 
+    def evaluations(self, codec: str, labels: Sequence[str], height: int, width: int) -> list[dict]:
+        """Per-point evaluations of ``codec`` with per-image rates and accuracies (for :func:`tficlib.evaluate.bd_intervals`)."""
+        return [{"per_image_bpp": [8.0 * b / (height * width) for b in nb],
+                 "per_image_accuracy": [metrics.accuracy(g, p) for g, p in zip(labels, preds)]}
+                for nb, preds in zip(self.num_bytes[codec], self.preds[codec])]
 
-def _signature(images, labels, codec: str, qualities, reader_name: str) -> dict:
+
+def _signature(images, labels, codec: str, qualities, engine: ocr.Engine) -> dict:
     import imagecodecs
 
     arrays = baselines.to_uint8(images)
@@ -243,29 +199,28 @@ def _signature(images, labels, codec: str, qualities, reader_name: str) -> dict:
     for a in arrays:
         crc = zlib.crc32(a.tobytes(), crc)
     return {"codec": codec, "qualities": [float(q) for q in qualities], "n": len(arrays), "pixels_crc32": crc,
-            "labels_crc32": zlib.crc32("\n".join(labels).encode()), "reader": reader_name,
+            "labels_crc32": zlib.crc32("\n".join(labels).encode()), "engine": engine.identity(),
             "imagecodecs": imagecodecs.__version__}
 
 
 def classic_curves(images, labels: Sequence[str], codecs: Sequence[str] | None = None,
-                   qualities: Mapping[str, Sequence[float]] | None = None, reader: Callable | None = None,
+                   qualities: Mapping[str, Sequence[float]] | None = None, engine: str | None = None,
                    cache_dir: str | Path | None = None, progress: bool = False) -> ClassicEvaluation:
-    """Sweep each classic codec over its quality grid and score every point with the line OCR.
+    """Sweep each classic codec over its quality grid and score every point with ``engine``'s line reading.
 
     ``images``: float (N,3,H,W) in [0,1]; ``labels``: the ground-truth lines.
     ``qualities[codec]`` overrides a codec's default grid
-    (:data:`tficlib.baselines.CODECS`).  ``reader`` defaults to
-    :func:`line_reader`.  With ``cache_dir``, each codec's entry is stored in
-    ``<cache_dir>/classic_<codec>.json`` keyed by the images, labels, grid,
-    reader and imagecodecs version, and reused when all of them match.
+    (:data:`tficlib.baselines.CODECS`).  ``engine`` defaults to the training
+    engine.  With ``cache_dir``, each codec's entry is stored in
+    ``<cache_dir>/<engine>/classic_<codec>.json`` keyed by the images, labels,
+    grid, engine and imagecodecs version, and reused when all of them match.
     """
     import torch
 
     labels = list(labels)
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    reader_name = LINE_READER if reader is None else getattr(reader, "__name__", "custom reader")
-    reader = reader or line_reader()
+    eng = _engine(engine)
     codecs = list(CLASSIC if codecs is None else codecs)
     originals = images if isinstance(images, torch.Tensor) else baselines.to_float(images)
     out = ClassicEvaluation()
@@ -275,8 +230,8 @@ def classic_curves(images, labels: Sequence[str], codecs: Sequence[str] | None =
             out.skipped[key] = note
             continue
         grid = list((qualities or {}).get(key, baselines.CODECS[key].qualities))
-        sig = _signature(originals, labels, key, grid, reader_name)
-        cache = Path(cache_dir) / f"classic_{key}.json" if cache_dir else None
+        sig = _signature(originals, labels, key, grid, eng)
+        cache = Path(cache_dir) / eng.name / f"classic_{key}.json" if cache_dir else None
         data = artifacts.cached_json(cache, sig) if cache is not None else None
         if data is not None:
             out.methods[key], out.preds[key], out.num_bytes[key] = data["entry"], data["preds"], data["num_bytes"]
@@ -288,15 +243,15 @@ def classic_curves(images, labels: Sequence[str], codecs: Sequence[str] | None =
         preds_k = []
         for k in range(len(grid)):
             recon = sw.as_float(k)
-            desc = f"{baselines.CODECS[key].label} {grid[k]}: OCR" if progress else None
-            preds = read_in_chunks(reader, recon, desc=desc)
-            scores = _scores(labels, preds)
+            desc = f"{baselines.CODECS[key].label} {grid[k]}: {eng.name}" if progress else None
+            preds = evaluate.read_in_chunks(eng.read_lines, recon, desc=desc)
+            scores = metrics.text_metrics(labels, preds)
             for m in ("accuracy", "accuracy_ci", "cer", "wer"):
                 entry[m].append(scores[m])
             entry["psnr"].append(metrics.psnr(recon, originals))
             entry["bytes"].append(float(np.mean(sw.num_bytes[k])))
             preds_k.append(preds)
-        entry["reader"] = LINE_READER if reader_name == LINE_READER else reader_name
+        entry["engine"] = eng.name
         out.methods[key], out.preds[key], out.num_bytes[key] = entry, preds_k, sw.num_bytes
         if cache is not None:
             artifacts.write_json(cache, {"signature": sig, "entry": entry, "preds": preds_k,
@@ -305,50 +260,30 @@ def classic_curves(images, labels: Sequence[str], codecs: Sequence[str] | None =
 
 
 # =========================================================================== learned codecs
-def _learned_eval(cfg, stage: str, path: Path, images, labels, device, reader: Callable | None) -> dict:
-    """Decoded test lines of one saved codec: ``bpp``, ``psnr``, ``preds`` (cached).
+#: The metrics of a learned curve that come from decoding and reading (the rest is the stage's entry).
+_READ = ("bpp", "bpp_payload", "psnr", "accuracy", "accuracy_ci", "cer", "wer")
 
-    Stages 01/02 already evaluated their models with :func:`tficlib.tfic.evaluate_model`
-    on the same lines, so that cached evaluation is reused; other stages'
-    models are evaluated the same way and cached under
-    ``data/<profile>/06_evaluation/eval/<stage>/``.
+
+def learned_curves(cfg, loaded: StageResults, images, labels: Sequence[str], device="cpu", engine: str | None = None,
+                   progress: bool = False) -> tuple[dict[str, dict], list[str], dict[str, list[dict]]]:
+    """The learned codecs' curves read by ``engine``: ``(methods, notes, evaluations)``.
+
+    Each method's entry is its stage's (description, parameters), with
+    ``bpp``, ``bpp_payload``, ``psnr``, ``accuracy``, ``accuracy_ci`` and the
+    line ``cer``/``wer`` from the decoded test lines of the saved models
+    ``data/<profile>/<stage>/models/<method>_<k>.pt`` read by ``engine``
+    (:func:`tficlib.evaluate.evaluate_model`, cached per engine).  A stage's
+    own ``cer``/``wer`` (Lai's region CER in 03) is kept as ``cer_lai`` /
+    ``wer_lai``.  When a model file is missing, or its real bpp disagrees with
+    the stage's (the model changed after the stage ran), the method is left
+    out with a note.  ``evaluations[key]`` are the per-point evaluations
+    (with per-image values, for bootstrap intervals).  Without its model
+    files a method keeps the stage's own numbers for the training engine and
+    is left out for the others.
     """
-    from . import tfic
-
-    items = list(zip(images, labels))
-    if stage in (STAGE1, STAGE2) and reader is None:
-        return tfic.evaluate_model(cfg, path, items, device, stage=stage)
-    sig = tfic.signature(path, labels, stage)
-    cache = cfg.stage_dir(STAGE) / "eval" / stage / f"{path.stem}.json"
-    data = artifacts.cached_json(cache, sig) if reader is None else None
-    if data is not None:
-        return data
-    ev, recon, _ = tfic.decode(cfg, path, items, device, stage, ms_ssim=False)
-    preds = read_in_chunks(reader or line_reader(), recon)
-    data = {"signature": sig, "model": str(path), "bpp": ev["mean"]["bpp"], "psnr": ev["mean"]["psnr"],
-            "preds": preds, "per_image_bpp": ev["bpp"]}
-    if reader is None:
-        artifacts.write_json(cache, data)
-    return data
-
-
-def learned_curves(cfg, loaded: StageResults, images, labels: Sequence[str], device="cpu",
-                   reader: Callable | None = None, progress: bool = False) -> tuple[dict[str, dict], list[str]]:
-    """The learned codecs' curves with the line CER/WER added; ``(methods, notes)``.
-
-    Each method's entry is its stage's (``bpp``, ``accuracy``, ``psnr`` ...
-    unchanged) plus ``cer``/``wer`` on the whole line for every rate point,
-    from the decoded images of the saved models
-    ``data/<profile>/<stage>/models/<method>_<k>.pt``.  A stage's own
-    ``cer``/``wer`` (Lai's region CER in 03) is kept as ``cer_lai``/``wer_lai``.
-    When a model file is missing or its real bpp disagrees with the stage's
-    (the model changed after the stage ran), the line CER is left out and a
-    note says why.
-    """
-    from . import tfic
-
     labels = list(labels)
-    methods, notes = {}, []
+    items = list(zip(images, labels))
+    methods, notes, evaluations = {}, [], {}
     for key, stages in LEARNED.items():
         stage, entry = loaded.method(key, stages)
         if entry is None:
@@ -361,39 +296,38 @@ def learned_curves(cfg, loaded: StageResults, images, labels: Sequence[str], dev
             notes.append(f"{key} ({stage}): no rate points")
             continue
         entry["source"] = stage
-        for m in ("cer", "wer"):
-            if m in entry:
-                entry[f"{m}_lai"] = entry.pop(m)
-        n = len(entry["bpp"])
-        paths = [tfic.model_path(cfg, stage, key, k) for k in range(n)]
+        if stage == STAGE3:
+            for m in ("cer", "wer"):
+                if m in entry:
+                    entry[f"{m}_lai"] = entry.pop(m)
+        paths = [evaluate.model_path(cfg, stage, key, k) for k in range(len(entry["bpp"]))]
         absent = [p for p in paths if not p.exists()]
         if absent:
-            notes.append(f"{key} ({stage}): line CER not computed, model file {absent[0]} missing "
-                         f"(re-run {loaded.notebook(stage)})")
-            methods[key] = entry
+            if _engine(engine).trained_against:  # the stage's own reading stands, without the line CER
+                methods[key] = entry
+                notes.append(f"{key} ({stage}): model file {absent[0]} missing; the stage's numbers without a "
+                             f"line CER (re-run {loaded.notebook(stage)})")
+            else:
+                notes.append(f"{key} ({stage}): model file {absent[0]} missing; not read by {_engine(engine).name} "
+                             f"(re-run {loaded.notebook(stage)})")
             continue
-        cers, wers, mismatch = [], [], None
         iterator = enumerate(paths)
         if progress:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(list(iterator), desc=f"{key}: decode + OCR", leave=False)
-        for k, path in iterator:
-            ev = _learned_eval(cfg, stage, path, images, labels, device, reader)
-            stated = entry["bpp"][k]
-            if stated is not None and abs(ev["bpp"] - stated) > 0.01 * stated + 1e-6:
-                mismatch = (k, ev["bpp"], stated)
-                break
-            cers.append(metrics.mean_cer(labels, ev["preds"]))
-            wers.append(metrics.mean_wer(labels, ev["preds"]))
-        if mismatch:
-            k, got, stated = mismatch
+            iterator = tqdm(list(iterator), desc=f"{key}: decode + {_engine(engine).name}", leave=False)
+        evals = [evaluate.evaluate_model(cfg, path, items, device, stage, engine) for _, path in iterator]
+        wrong = [(k, e["bpp"], s) for k, (e, s) in enumerate(zip(evals, entry["bpp"]))
+                 if s is not None and abs(e["bpp"] - s) > 0.01 * s + 1e-6]
+        if wrong:
+            k, got, stated = wrong[0]
             notes.append(f"{key} ({stage}): model {paths[k].name} gives {got:.4f} bpp but the results say "
-                         f"{stated:.4f}; line CER left out (re-run {loaded.notebook(stage)})")
-        else:
-            entry["cer"], entry["wer"] = cers, wers
-        methods[key] = entry
-    return methods, notes
+                         f"{stated:.4f}; left out (re-run {loaded.notebook(stage)})")
+            continue
+        entry.update({m: [e.get(m) for e in evals] for m in _READ})
+        entry["engine"] = _engine(engine).name
+        methods[key], evaluations[key] = entry, evals
+    return methods, notes, evaluations
 
 
 def curve_methods(methods: Mapping[str, Mapping], metric: str = "accuracy") -> list[str]:
@@ -410,36 +344,22 @@ def curve_methods(methods: Mapping[str, Mapping], metric: str = "accuracy") -> l
 
 
 # =========================================================================== Bjøntegaard table
-def _clean(entry: Mapping, metric: str) -> tuple[list[float], list[float]]:
-    pts = [(float(r), float(q)) for r, q in zip(entry["bpp"], entry[metric])
-           if r is not None and q is not None and math.isfinite(float(r)) and math.isfinite(float(q)) and r > 0]
-    return [p[0] for p in pts], [p[1] for p in pts]
+#: The columns of :func:`bd_row`: (column, BD value of :data:`tficlib.evaluate.BD_SPECS`).
+BD_COLUMNS = (("bd_rate_accuracy", "bd_rate_accuracy"), ("bd_accuracy", "bd_accuracy"),
+              ("bd_rate_psnr", "bd_rate_psnr"), ("bd_psnr", "bd_psnr_db"))
 
 
-def _bd(fn, ref: Mapping, test: Mapping, metric: str, **kwargs) -> metrics.BDResult:
-    if metric not in ref or metric not in test:
-        which = "reference" if metric not in ref else "test"
-        return metrics.BDResult(float("nan"), f"the {which} has no {metric}")
-    r1, q1 = _clean(ref, metric)
-    r2, q2 = _clean(test, metric)
-    if len(r1) < 2 or len(r2) < 2:
-        return metrics.BDResult(float("nan"), f"fewer than two {metric} points")
-    return fn(r1, q1, r2, q2, **kwargs)
-
-
-def bd_row(ref_key: str, ref: Mapping, test_key: str, test: Mapping) -> dict:
+def bd_row(ref_key: str, ref: Mapping, test_key: str, test: Mapping, rate: str = "bpp") -> dict:
     """BD-rate and BD-quality of ``test`` against ``ref`` on accuracy and on PSNR.
 
     ``bd_rate_accuracy`` (%, negative = less rate for the same accuracy),
     ``bd_accuracy`` (accuracy gain at equal rate), ``bd_rate_psnr`` (%) and
     ``bd_psnr`` (dB); each ``None`` with a ``*_reason`` when not computable.
+    ``rate``: ``bpp`` (real bytes) or ``bpp_payload``.
     """
     row = {"method": test_key, "reference": ref_key}
-    for name, fn, metric in (("bd_rate_accuracy", metrics.bd_rate_result, "accuracy"),
-                             ("bd_accuracy", metrics.bd_quality_result, "accuracy"),
-                             ("bd_rate_psnr", metrics.bd_rate_result, "psnr"),
-                             ("bd_psnr", metrics.bd_quality_result, "psnr")):
-        res = _bd(fn, ref, test, metric)
+    for name, key in BD_COLUMNS:
+        res = evaluate.bd_value(dict(ref), dict(test), key, rate)
         row[name] = res.value if res.ok else None
         row[name + "_reason"] = res.reason
     return row
@@ -462,7 +382,7 @@ def best_classic(methods: Mapping[str, Mapping], anchor: str = "jpeg") -> tuple[
         if k == anchor:
             scores[k] = 0.0
             continue
-        res = _bd(metrics.bd_quality_result, methods[anchor], methods[k], "accuracy")
+        res = evaluate.bd_value(methods[anchor], methods[k], "bd_accuracy")
         scores[k] = res.value if res.ok else None
     best = max((k for k in present if scores[k] is not None), key=lambda k: scores[k])
     return best, scores
@@ -590,7 +510,7 @@ def headline_table(results: StageResults | Mapping) -> list[dict]:
     # TFIC vs the MSE codec (Fig. 3 shape)
     claim = "TFIC reads better than the MSE codec at equal rate (Fig. 3)"
     if tfic_entry and mse:
-        res = _bd(metrics.bd_quality_result, mse, tfic_entry, "accuracy")
+        res = evaluate.bd_value(mse, tfic_entry, "bd_accuracy")
         ours = f"BD-accuracy {_fmt(res.value)}" if res.ok else f"BD-accuracy n/a ({res.reason})"
         add(tfic_paper, claim, "TFIC curve above MSE (no BD number given)", ours,
             _status(res.value > 0) if res.ok else "n/a", "reproduced: BD-accuracy against the MSE codec > 0")
@@ -617,7 +537,7 @@ def headline_table(results: StageResults | Mapping) -> list[dict]:
     _, ref = loaded.method("reference", (STAGE3,))
     _, tl = loaded.method("textlogit", (STAGE3,))
     if ref and tl:
-        res = _bd(metrics.bd_rate_result, ref, tl, "cer", higher_is_better=False)
+        res = evaluate.bd_value(ref, tl, "bd_rate_cer")
         ours = f"BD-rate on CER {_fmt(res.value, pct=True)}" if res.ok else f"n/a ({res.reason})"
         add("Lai et al. (text logit loss)", claim, number, ours,
             _status(res.value <= hi, partly=res.value < 0) if res.ok else "n/a",
@@ -648,30 +568,6 @@ def headline_table(results: StageResults | Mapping) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int = 3) -> str:
-    """A GitHub markdown table of ``rows`` (dicts); ``columns`` default to the first row's keys.
-
-    Floats get ``digits`` decimals, ``None`` becomes ``n/a``, ``|`` in text is escaped.
-    """
-    rows = list(rows)
-    if not rows:
-        return "(no rows)"
-    columns = list(columns or rows[0].keys())
-
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and not math.isfinite(v)):
-            return "n/a"
-        if isinstance(v, float):
-            return f"{v:.{digits}f}"
-        if isinstance(v, (list, tuple)):
-            return ", ".join(cell(x) for x in v)
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 # =========================================================================== figures
 #: Line styles: learned codecs solid and thick, classic codecs thin and dashed.
 STYLES = {
@@ -694,8 +590,6 @@ def rate_figure(methods: Mapping[str, Mapping], metric: str = "accuracy", title:
     Returns the figure.
     """
     import matplotlib.pyplot as plt
-
-    from . import plots
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     labels = {}
@@ -724,8 +618,6 @@ def rate_figure(methods: Mapping[str, Mapping], metric: str = "accuracy", title:
 def dequant_figure(rows: Sequence[Mapping]):
     """Bar chart of :func:`dequant_table`: OCR accuracy per input, the paper's values as markers."""
     import matplotlib.pyplot as plt
-
-    from . import plots
 
     paper_values = {"jpeg": 0.05, "dncnn": 0.75, "ocr_guided": 0.90}
     fig, ax = plt.subplots(figsize=(6, 3.6))

@@ -1,12 +1,16 @@
-"""Training losses of the three papers, one function per term.
+"""Loss terms of the three papers, one function per term; objectives combine them.
 
-* rate (bits per pixel) and rate–distortion, R + λ·255²·MSE — TFIC paper
-  (Della Fiore et al., EUSIPCO 2025), Sec. III-B, stage 1 (γ = 0);
+* the rate R(ŷ, ẑ) in bits per pixel (:func:`rate_bpp`) and the distortion
+  λ·255²·MSE(x, x̂) (:func:`distortion`) — TFIC paper (Della Fiore et al.,
+  EUSIPCO 2025), Sec. III-B, stage 1 (γ = 0), CompressAI's convention;
 * the OCR loss L_OCR(G(x), T(x̂)) — TFIC paper Sec. III-B, stage 2: the CTC
-  loss of EasyOCR's frozen recognizer;
-* the text logit loss J(x, x̂) — Lai et al., Eq. 4 (added by its owner);
+  loss of EasyOCR's frozen recognizer (:func:`ocr_loss`);
+* the text logit loss J(x, x̂) — Lai et al., Eq. 4 (:func:`text_logit_loss`);
 * the thresholded 8×8 DCT loss — Della Fiore et al., journal extension,
-  Sec. 4.3 (added by its owner).
+  Sec. 4.4 (:func:`dct_loss`).
+
+Training objectives (which terms, with which weights) are in
+:mod:`tficlib.objectives`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import ocr
 
 
 def rate_bpp(likelihoods, num_pixels: int) -> torch.Tensor:
@@ -34,6 +40,11 @@ def rate_bpp(likelihoods, num_pixels: int) -> torch.Tensor:
     if not bits:
         raise ValueError("rate_bpp: no likelihood tensors given")
     return torch.stack(bits).sum() / num_pixels
+
+
+def distortion(x_hat: torch.Tensor, x: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """λ·255²·MSE(x, x̂): stage 1's distortion term (TFIC Sec. III-B), CompressAI's scale for [0, 1] images."""
+    return lmbda * 255**2 * F.mse_loss(x_hat, x)
 
 
 class RateDistortionLoss(nn.Module):
@@ -55,7 +66,7 @@ class RateDistortionLoss(nn.Module):
         n, _, h, w = target.shape
         bpp = rate_bpp(output["likelihoods"], n * h * w)
         mse = F.mse_loss(output["x_hat"], target)
-        return {"bpp_loss": bpp, "mse_loss": mse, "loss": bpp + self.lmbda * 255**2 * mse}
+        return {"bpp_loss": bpp, "mse_loss": mse, "loss": bpp + distortion(output["x_hat"], target, self.lmbda)}
 
 
 def ocr_loss(x_hat: torch.Tensor, labels, reduction: str = "mean") -> torch.Tensor:
@@ -69,8 +80,6 @@ def ocr_loss(x_hat: torch.Tensor, labels, reduction: str = "mean") -> torch.Tens
     is clamped to [0, 1]; gradients flow through the recognizer (whose weights
     stay frozen) into the codec.
     """
-    from . import ocr
-
     if x_hat.dim() != 4 or x_hat.shape[1] != 3:
         raise ValueError(f"ocr_loss expects x_hat of shape (B,3,H,W), got {tuple(x_hat.shape)}")
     if len(labels) != x_hat.shape[0]:
@@ -86,23 +95,21 @@ def text_logit_loss(x_hat: torch.Tensor, boxes, targets, recognizer=None, center
 
     ``boxes``: per image, the (kept) text boxes B_i of the *original* (Eq. 1);
     ``targets``: per image, the original's logits v_i (T_i, 97) of those boxes
-    (the cache of :mod:`tficlib.textlogit`), or the original images x
+    (the region cache of notebook 03), or the original images x
     (B, 3, H, W), whose v_i are then computed here without gradient.
     v̂_i = pre-softmax CTC logits of the frozen EasyOCR recognizer on the
     crop B_i(x̂) of x̂ clamped to [0, 1] (Eq. 2-3; the paper used PARSeq).
     ‖·‖² is the mean over the T_i × 97 entries; J_k = 0 for an image with no
     box (no text term); the result is the mean of J_k over the B images.
-    Differentiable w.r.t. ``x_hat`` only.  See :mod:`tficlib.textlogit`.
+    Differentiable w.r.t. ``x_hat`` only.
 
     ``centered`` (our deviation; False is Eq. 4): compare the logits after
     subtracting each frame's mean over the 97 classes from v_i and v̂_i.  The
     softmax of a frame, and so every reading of it, is unchanged by adding one
     number to all its logits; Eq. 4 on raw logits also penalises those shifts
-    (on the ``cpu`` stage-1 models 66–79 % of J), the centred form only what
+    (most of J on the ``cpu`` stage-1 models, docs/deviations.md), the centred form only what
     the recognizer's output depends on.
     """
-    from . import textlogit
-
     if not isinstance(x_hat, torch.Tensor) or x_hat.dim() != 4 or x_hat.shape[1] != 3:
         raise ValueError(f"text_logit_loss expects x_hat (B,3,H,W), got {getattr(x_hat, 'shape', type(x_hat))}")
     if len(boxes) != x_hat.shape[0]:
@@ -111,10 +118,10 @@ def text_logit_loss(x_hat: torch.Tensor, boxes, targets, recognizer=None, center
         if targets.shape != x_hat.shape:
             raise ValueError(f"original images {tuple(targets.shape)} and x_hat {tuple(x_hat.shape)} differ")
         with torch.no_grad():
-            targets = textlogit.region_logits(targets.detach(), boxes, recognizer)
+            targets = ocr.region_logits(targets.detach(), boxes, recognizer)
     if len(targets) != len(boxes) or any(len(t) != len(b) for t, b in zip(targets, boxes)):
         raise ValueError("text_logit_loss: targets must hold one logit tensor per box of every image")
-    v_hat = textlogit.region_logits(x_hat.clamp(0.0, 1.0), boxes, recognizer)
+    v_hat = ocr.region_logits(x_hat.clamp(0.0, 1.0), boxes, recognizer)
     return logit_distance(v_hat, targets, centered, like=x_hat)
 
 

@@ -1,4 +1,4 @@
-"""The text logit loss of Lai, Tran, Koishida: regions, cached logits, region filter, CER/WER.
+"""Recipe of notebook 03: the text logit loss of Lai, Tran, Koishida — regions, cached logits, filter, CER/WER.
 
 *Learned Image Compression with Text Quality Enhancement* (Lai et al.) adds a
 text term to the rate–distortion loss (Eq. 5, Algorithm 1)::
@@ -23,7 +23,7 @@ Our choices (each written down where it is implemented):
   column per class (CTC blank + 96 characters).  Each crop is resized to
   height 64 keeping its aspect (:func:`tficlib.ocr.crop_boxes`) and padded on
   the right by repeating its last column to EasyOCR's width
-  ``ceil(max(w/64, 64/w))·64`` (:func:`bucket_width`), exactly what the
+  ``ceil(max(w/64, 64/w))·64`` (:func:`tficlib.ocr.bucket_width`), exactly what the
   recognizer does to one crop on its own; crops of equal padded width are
   recognized in one batch.
 * **‖·‖²** is the *mean* squared difference over the T_i × 97 entries (the
@@ -36,7 +36,8 @@ Our choices (each written down where it is implemented):
   the whole loss by m).
 * **Caching** (Sec. 2.2): B and v_i of the originals are computed once per
   dataset split (:func:`region_cache`), so training runs the recognizer only
-  on x̂.  The cache records the sha256 of the split's manifest; a cache made
+  on x̂.  The loss is :class:`tficlib.objectives.TextLogit` (Eq. 5) over
+  :func:`tficlib.losses.text_logit_loss` (Eq. 4).  The cache records the sha256 of the split's manifest; a cache made
   for another dataset is rebuilt.
 * **Region filter** (Eq. 6): median(c) ≥ m_min and stdev(c) ≤ σ_max, where c
   are the *maximum logits of the time steps whose arg-max is not the blank*
@@ -56,7 +57,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,9 +65,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import artifacts
+from . import artifacts, codec, distributed, evaluate, metrics, ocr, plots
+from .losses import distortion, logit_distance, rate_bpp
+from .objectives import TextLogit
+from .train import Run, derive_seed, fit
 
 __all__ = [
     "CACHE_FORMAT",
@@ -77,107 +79,43 @@ __all__ = [
     "IndexedLines",
     "RegionCache",
     "Thresholds",
-    "bucket_width",
     "build_region_cache",
     "cache_path",
     "collate_indexed",
-    "curve",
-    "bd_intervals",
-    "bd_tables",
-    "eq4_run",
-    "kappa_sweep",
-    "loss_scale",
-    "plot_kappa_sweep",
-    "plot_rate_text",
-    "run_seed",
-    "thresholds_for",
-    "train_curves",
-    "Run",
     "confidence_stats",
     "derive_thresholds",
-    "evaluate",
+    "eq4_run",
+    "evaluate_regions",
     "finetune",
     "kappa_method",
-    "gap_to_curve",
+    "kappa_sweep",
     "load_region_cache",
+    "loss_scale",
     "pick_examples",
-    "save_region_cache",
+    "prepare_caches",
     "plot_confidence_histogram",
-    "recognize_regions",
+    "plot_kappa_sweep",
+    "plot_rate_text",
+    "region_cache",
     "region_correct",
     "region_error_rates",
     "region_filter",
-    "region_logits",
-    "region_cache",
+    "run_seed",
+    "save_region_cache",
     "text_images",
-    "text_logit_objective",
+    "thresholds_for",
+    "train_curves",
+    "train_stage",
 ]
 
-STAGE = "03_text_logit_training"
+STAGE = artifacts.TEXT_LOGIT
 CACHE_FORMAT = "tficlib-textlogit-regions-1"
 #: EasyOCR ``detect`` options for TextRegion(x): no horizontal merging, one box per word.
 DETECT_KWARGS: dict[str, Any] = {"width_ths": 0.0}
 #: The paper's Eq. 6 thresholds, calibrated for PARSeq's logits (Sec. 3.2).
 PAPER_THRESHOLDS = {"m_min": 14.2, "sigma_max": 2.0}
 #: bumped when the region evaluation changes, so cached evaluations are recomputed
-EVAL_VERSION = 2
-
-
-# --------------------------------------------------------------------------- Eq. 2-3: logits of regions
-def bucket_width(width: int, height: int = 64) -> int:
-    """EasyOCR's padded width for a crop ``height`` × ``width``: ``ceil(max(w/h, h/w))·h``.
-
-    ``NormalizePAD`` in EasyOCR (and :meth:`tficlib.ocr.Recognizer.preprocess`)
-    pads a single crop on the right to this width; crops sharing it can be
-    recognized in one batch with identical results.
-    """
-    if width <= 0 or height <= 0:
-        raise ValueError(f"crop size must be positive, got {height}x{width}")
-    ratio = width / height
-    return math.ceil(max(ratio, 1.0 / ratio)) * height
-
-
-def _recognize_crops(crops: list[torch.Tensor], recognizer) -> list[torch.Tensor]:
-    """Recognizer logits (T_i, 97) of each (1, 3, 64, w_i) crop, batched by padded width."""
-    out: list[torch.Tensor | None] = [None] * len(crops)
-    groups: dict[int, list[int]] = {}
-    height = recognizer.height
-    for i, c in enumerate(crops):
-        groups.setdefault(bucket_width(c.shape[-1], height), []).append(i)
-    for width, idx in sorted(groups.items()):
-        batch = torch.cat([F.pad(crops[i], (0, width - crops[i].shape[-1], 0, 0), mode="replicate")
-                           for i in idx])
-        logits = recognizer(batch)
-        for j, i in enumerate(idx):
-            out[i] = logits[j]
-    return out  # type: ignore[return-value]
-
-
-def region_logits(x: torch.Tensor, boxes: Sequence[Sequence], recognizer=None) -> list[list[torch.Tensor]]:
-    """v_i = Recognize(B_i(x)) for every box of every image (Lai et al. Eq. 2-3).
-
-    ``x`` (B, 3, H, W) float in [0, 1]; ``boxes`` one list of (x0, y0, x1, y1)
-    per image.  Returns, per image, a list of pre-softmax CTC logits (T_i, 97),
-    differentiable w.r.t. ``x`` when autograd is on.  ``recognizer`` defaults
-    to the frozen EasyOCR recognizer on ``x``'s device.
-    """
-    from . import ocr
-
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"region_logits expects images (B, 3, H, W), got {getattr(x, 'shape', type(x))}")
-    if len(boxes) != x.shape[0]:
-        raise ValueError(f"region_logits: {len(boxes)} box lists for {x.shape[0]} images")
-    recognizer = recognizer or ocr.get_recognizer(x.device)
-    counts = [len(b) for b in boxes]
-    if sum(counts) == 0:
-        return [[] for _ in boxes]
-    crops = ocr.crop_boxes(x, [list(b) for b in boxes], height=recognizer.height)
-    flat = _recognize_crops(crops, recognizer)
-    out, k = [], 0
-    for n in counts:
-        out.append(flat[k:k + n])
-        k += n
-    return out
+EVAL_VERSION = 3
 
 
 # --------------------------------------------------------------------------- Eq. 6: region filter
@@ -369,10 +307,8 @@ def build_region_cache(dataset, split: str = "train", manifest_sha256: str = "",
     ``dataset[i] -> (image (3, H, W) float in [0, 1], label)``; the first
     ``n_images`` items (all when None).  Boxes come from CRAFT
     (:func:`tficlib.ocr.detect_boxes` with :data:`DETECT_KWARGS`), logits from
-    :func:`region_logits` without gradient.
+    :func:`tficlib.ocr.region_logits` without gradient.
     """
-    from . import ocr
-
     n = len(dataset) if n_images is None else min(int(n_images), len(dataset))
     if n <= 0:
         raise ValueError("build_region_cache: no image to cache")
@@ -392,7 +328,7 @@ def build_region_cache(dataset, split: str = "train", manifest_sha256: str = "",
         if not bxs:
             continue
         with torch.no_grad():
-            (vs,) = region_logits(x.unsqueeze(0).to(recognizer.device), [bxs], recognizer)
+            (vs,) = ocr.region_logits(x.unsqueeze(0).to(recognizer.device), [bxs], recognizer)
         for b, v in zip(bxs, vs):
             v = v.float().cpu()
             m, s = confidence_stats(v)
@@ -452,6 +388,12 @@ def region_cache(cfg, split: str, n_images: int | None = None, device=None, forc
     ``manifest.json``), for the same number of images and detector settings;
     otherwise rebuilt and written atomically to :func:`cache_path`.
     """
+
+    with distributed.main_first():  # under torchrun: rank 0 builds and writes the cache, the others read it
+        return _region_cache(cfg, split, n_images, device, force, progress)
+
+
+def _region_cache(cfg, split, n_images, device, force, progress) -> RegionCache:
     from .data import textlines
 
     dataset = textlines.load_split(cfg, split)
@@ -469,7 +411,8 @@ def region_cache(cfg, split: str, n_images: int | None = None, device=None, forc
         if progress:
             print(f"{path.name}: made for another dataset or settings; rebuilding")
     cache = build_region_cache(dataset, split, manifest_sha, n, device=device, progress=progress)
-    save_region_cache(path, cache)
+    if artifacts.is_writer():
+        save_region_cache(path, cache)
     return cache
 
 
@@ -520,57 +463,6 @@ def collate_indexed(items):
     return torch.stack(images), list(labels), torch.tensor(idx, dtype=torch.long)
 
 
-def text_logit_objective(lmbda: float, kappa: float, cache: RegionCache | None = None, ste: bool = True,
-                         centered: bool = False):
-    """Eq. 5 for :func:`tficlib.train.train`: L = R(ŷ) + R(ẑ) + λ·255²·MSE(x, x̂) + κ·J(x, x̂).
-
-    D is CompressAI's λ·255²·MSE (the stage-1 loss), so κ = 0 is the
-    reference run (stage 1 continued).  ``batch = (images, labels, indices)``
-    (:class:`IndexedLines`); the cached boxes and v_i of the batch's originals
-    come from ``cache`` (with its Eq. 6 filter applied), and the recognizer
-    runs on x̂ only.  With ``ste=True`` both the reference and the J run decode
-    *rounded* latents through the straight-through estimator
-    (:func:`tficlib.train.forward_ste`), the reconstruction the real decoder
-    makes; the rate keeps the noisy-latent likelihoods.  ``centered``: J on
-    logits less each frame's mean (:func:`tficlib.losses.text_logit_loss`;
-    our deviation, False is Eq. 4).
-    """
-    from .losses import rate_bpp, text_logit_loss
-    from .train import forward_ste
-
-    if lmbda < 0 or kappa < 0:
-        raise ValueError(f"λ and κ must be >= 0, got λ={lmbda}, κ={kappa}")
-    if kappa > 0 and (cache is None or cache.kept is None):
-        raise ValueError("κ > 0 needs a region cache with its Eq. 6 filter applied (RegionCache.apply)")
-
-    def objective(model, batch):
-        x, _labels, idx = batch
-        out = forward_ste(model, x) if ste else model(x)
-        n, _, h, w = x.shape
-        bpp = rate_bpp(out["likelihoods"], n * h * w)
-        mse = F.mse_loss(out["x_hat"], x)
-        loss = bpp + lmbda * 255**2 * mse
-        terms = {"bpp": bpp, "mse": mse,
-                 "psnr": 10 * math.log10(1.0 / max(F.mse_loss(out["x_hat"].detach().clamp(0, 1), x).item(), 1e-10))}
-        if kappa > 0:
-            boxes, targets = cache.batch(idx.tolist(), device=x.device)
-            j = text_logit_loss(out["x_hat"], boxes, targets, centered=centered)
-            loss = loss + kappa * j
-            terms["J"] = j
-        terms["loss"] = loss
-        return terms
-
-    objective.name = f"textlogit(lambda={lmbda:g}, kappa={kappa:g})"
-    params = {"objective": "text_logit", "lambda": float(lmbda), "kappa": float(kappa), "ste": bool(ste)}
-    if kappa > 0:
-        params.update({"cache": cache.manifest_sha256, "cache_images": cache.n_images,
-                       "m_min": round(cache.thresholds.m_min, 6), "sigma_max": round(cache.thresholds.sigma_max, 6)})
-        if centered:  # only then, so that the fingerprints of Eq. 4 runs stay what they were
-            params["logits"] = "centered"
-    objective.params = params
-    return objective
-
-
 def kappa_method(kappa: float, cfg) -> str:
     """Method key of a run: ``reference`` (κ = 0), ``textlogit`` (κ = cfg.textlogit.kappa), else ``kappa<κ>``."""
     if kappa == 0:
@@ -592,27 +484,9 @@ def thresholds_for(cfg, cache: RegionCache) -> Thresholds:
     return derive_thresholds(cache.median.numpy(), cache.stdev.numpy(), cache.correct(), t.filter_quantile)
 
 
-@dataclass
-class Run:
-    """One fine-tuning run of this stage."""
-
-    method: str
-    k: int
-    lmbda: float
-    kappa: float
-    path: Path | None  # the saved codec (None: diverged)
-    log: list[dict]
-    seconds: float = 0.0
-    reused: bool = False
-    aux_loss: float | None = None
-    error: str | None = None
-
-
 def run_seed(seed: int, k: int) -> int:
     """Training seed of every run at λ index ``k``: the same for all κ (same batches, same noise)."""
-    from .train import _mix
-
-    return _mix(int(seed), 0x7E47, int(k))
+    return derive_seed(int(seed), 0x7E47, int(k))
 
 
 def finetune(cfg, k: int, kappa: float, cache: RegionCache, device=None, seed: int = 0,
@@ -626,41 +500,37 @@ def finetune(cfg, k: int, kappa: float, cache: RegionCache, device=None, seed: i
 
     Every run at λ index k (reference κ = 0, text logit κ > 0) starts from the
     same checkpoint and takes exactly ``cfg.textlogit.steps`` steps on the
-    same batches (the cached training images, seed :func:`run_seed`).  Uses
-    :func:`tficlib.train.train` (resume, reuse) with stage 1's optimizer
-    settings; the codec is saved as ``models/<method>_<k>.pt``.  A
-    non-finite loss (too large a κ) is reported in ``Run.error``, path None.
+    same batches (the cached training images, seed :func:`run_seed`), through
+    :func:`tficlib.train.fit` (resume, reuse); the codec is saved as
+    ``models/<method>_<k>.pt``.  A non-finite loss (too large a κ) is
+    reported in ``Run.error``, path None.  ``Run.params`` holds ``method``,
+    ``k``, ``lambda`` and ``kappa``.
     """
-    from . import codec, tfic, train
     from .data import textlines
 
-    t, c = cfg.textlogit, cfg.codec
-    lmbda = float(c.lambdas[k])
+    t = cfg.textlogit
+    lmbda = float(cfg.codec.lambdas[k])
     method = method or kappa_method(kappa, cfg)
     centered = t.centered_logits if centered is None else bool(centered)
     name = f"{method}_{k}"
-    model, _ = codec.load_model(tfic.model_path(cfg, tfic.STAGE1, "mse", k), stage=tfic.STAGE1,
-                                device=device or cfg.device)
+    params = {"method": method, "k": k, "lambda": lmbda, "kappa": float(kappa)}
+    start = evaluate.model_path(cfg, artifacts.MSE_PRETRAINING, "mse", k)
+    model, _ = codec.load_model(start, stage=artifacts.MSE_PRETRAINING, device=device or cfg.device)
     data = IndexedLines(textlines.load_split(cfg, "train"), cache.n_images)
+    objective = TextLogit(lmbda, kappa, cache if kappa > 0 else None, ste=t.ste, centered=centered)
     try:
-        res = train.train(
-            model, text_logit_objective(lmbda, kappa, cache if kappa > 0 else None, ste=t.ste,
-                                        centered=centered), data,
-            steps=t.steps, checkpoint=tfic.checkpoint_path(cfg, STAGE, name), batch_size=t.batch_size, lr=t.lr,
-            aux_lr=c.aux_lr, clip_max_norm=c.clip_max_norm, seed=run_seed(seed, k),
-            checkpoint_every=c.checkpoint_every, aux_steps=c.aux_steps, lr_decay_start=c.lr_decay_start,
-            lr_decay_to=0.1, retrain=retrain, device=device or cfg.device, collate=collate_indexed,
-            desc=f"{name} λ={lmbda:g} κ={kappa:g}", progress=progress,
-            meta={"stage": STAGE, "run": name, "profile": cfg.name, "schedule": "textlogit.steps"},
-        )
+        res = fit(cfg, "textlogit", model, objective, data, evaluate.checkpoint_path(cfg, STAGE, name),
+                  seed=run_seed(seed, k), device=device, collate=collate_indexed,
+                  desc=f"{name} λ={lmbda:g} κ={kappa:g}", progress=progress, retrain=retrain,
+                  meta={"stage": STAGE, "run": name})
     except FloatingPointError as exc:
-        return Run(method, k, lmbda, kappa, None, [], error=str(exc))
-    path = tfic.model_path(cfg, STAGE, method, k)
-    if not (res.reused and path.exists()):
+        return Run(name, None, [], params, error=str(exc))
+    path = evaluate.model_path(cfg, STAGE, method, k)
+    if not (res.reused and path.exists()) and artifacts.is_writer():
         codec.save_model(path, res.model, {"stage": STAGE, "method": method, "k": k, "lambda": lmbda,
                                            "kappa": kappa, "steps": t.steps, "profile": cfg.name,
                                            "aux_loss": res.aux_loss})
-    return Run(method, k, lmbda, kappa, path, res.log, res.meta.get("seconds", 0.0), res.reused, res.aux_loss)
+    return Run.of(name, path, res, params)
 
 
 def train_curves(cfg, cache: RegionCache, device=None, seed: int = 0, retrain: bool = False) -> dict[str, list[Run]]:
@@ -694,6 +564,26 @@ def kappa_sweep(cfg, cache: RegionCache, device=None, seed: int = 0, retrain: bo
     return [finetune(cfg, k, float(kappa), cache, device, seed, retrain) for kappa in cfg.textlogit.kappas]
 
 
+def prepare_caches(cfg, n_test: int | None = None, device=None) -> tuple[RegionCache, RegionCache]:
+    """The training and test region caches with the Eq. 6 filter applied (thresholds from the training split)."""
+    train_cache = region_cache(cfg, "train", n_images=cfg.textlogit.train_images, device=device)
+    test_cache = region_cache(cfg, "test", n_images=n_test, device=device)
+    thresholds = thresholds_for(cfg, train_cache)
+    return train_cache.apply(thresholds), test_cache.apply(thresholds)
+
+
+def train_stage(cfg, device=None, seed: int | None = None, retrain: bool = False) -> dict[str, Any]:
+    """Every training run of notebook 03: the two curves, the κ sweep and Eq. 4 as written."""
+    from .data import textlines
+
+    seed = cfg.seed if seed is None else seed
+    n_test = len(evaluate.subset(range(len(textlines.load_split(cfg, "test"))), cfg.eval.n_test))
+    train_cache, _ = prepare_caches(cfg, n_test, device)
+    return {"curves": train_curves(cfg, train_cache, device, seed, retrain),
+            "kappa_sweep": kappa_sweep(cfg, train_cache, device, seed, retrain),
+            "eq4": eq4_run(cfg, train_cache, device, seed, retrain)}
+
+
 def loss_scale(cfg, cache: RegionCache, device=None, n: int = 16) -> list[dict]:
     """The terms of Eq. 5 for every stage-1 model on ``n`` cached training images (eval mode, rounded).
 
@@ -703,9 +593,7 @@ def loss_scale(cfg, cache: RegionCache, device=None, n: int = 16) -> list[dict]:
     ``shift_share`` = 1 − J_centred / J_eq4, the part of Eq. 4 that only
     shifts whole frames (invisible to the softmax).
     """
-    from . import codec, tfic
     from .data import textlines
-    from .losses import logit_distance, rate_bpp
 
     data = IndexedLines(textlines.load_split(cfg, "train"), cache.n_images)
     n = min(n, len(data))
@@ -715,14 +603,15 @@ def loss_scale(cfg, cache: RegionCache, device=None, n: int = 16) -> list[dict]:
     boxes, targets = cache.batch(idx.tolist(), device=dev)
     rows = []
     for k, lmbda in enumerate(cfg.codec.lambdas):
-        model, _ = codec.load_model(tfic.model_path(cfg, tfic.STAGE1, "mse", k), stage=tfic.STAGE1, device=dev)
+        model, _ = codec.load_model(evaluate.model_path(cfg, artifacts.MSE_PRETRAINING, "mse", k),
+                                    stage=artifacts.MSE_PRETRAINING, device=dev)
         with torch.no_grad():
             out = model(x)
-            v_hat = region_logits(out["x_hat"].clamp(0.0, 1.0), boxes)  # the recognizer once, both forms of J
+            v_hat = ocr.region_logits(out["x_hat"].clamp(0.0, 1.0), boxes)  # the recognizer once, both forms of J
             j_eq4 = float(logit_distance(v_hat, targets, like=out["x_hat"]))
             j_centred = float(logit_distance(v_hat, targets, centered=True, like=out["x_hat"]))
             bpp = float(rate_bpp(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3]))
-            d = float(lmbda * 255**2 * F.mse_loss(out["x_hat"], x))
+            d = float(distortion(out["x_hat"], x, lmbda))
         j = j_centred if cfg.textlogit.centered_logits else j_eq4
         rows.append({"k": k, "lambda": lmbda, "bpp_estimated": bpp, "lambda_D": d, "J": j,
                      "kappa_J": cfg.textlogit.kappa * j, "J_eq4": j_eq4, "J_centred": j_centred,
@@ -731,20 +620,6 @@ def loss_scale(cfg, cache: RegionCache, device=None, n: int = 16) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- Eq. 7: evaluation
-def _as_saved(x: torch.Tensor) -> torch.Tensor:
-    """x̂ as a saved 8-bit image would hold it: clamped to [0, 1] and rounded to 1/255."""
-    return (x.detach().float().clamp(0, 1) * 255).round() / 255
-
-
-def recognize_regions(x_hat: torch.Tensor, boxes: Sequence[Sequence], recognizer=None) -> list[list[str]]:
-    """Texts read in the regions ``boxes`` of the reconstructions (8-bit, no gradient), per image."""
-    from . import ocr
-
-    with torch.no_grad():
-        logits = region_logits(_as_saved(x_hat), boxes, recognizer)
-    return [[ocr.greedy_decode(v[None])[0] for v in vs] for vs in logits]
-
-
 def region_error_rates(reference: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict:
     """Lai et al.'s CER/WER (Eq. 7, Sec. 3.3): per image over its regions, then the mean over images.
 
@@ -758,8 +633,6 @@ def region_error_rates(reference: Sequence[Sequence[str]], predicted: Sequence[S
     are left out of the mean (their CER/WER is undefined).  Returns ``cer``,
     ``wer``, ``n_images`` and the per-image values.
     """
-    from . import metrics
-
     if len(reference) != len(predicted):
         raise ValueError(f"{len(reference)} reference images but {len(predicted)} predicted")
     cers, wers = [], []
@@ -777,94 +650,43 @@ def region_error_rates(reference: Sequence[Sequence[str]], predicted: Sequence[S
     return {"cer": mean(cers), "wer": mean(wers), "n_images": len(cers), "per_image_cer": cers,
             "per_image_wer": wers}
 
-
-def evaluate(cfg, path, items, cache: RegionCache, device=None, refresh: bool = False) -> dict:
+def evaluate_regions(cfg, path, items, cache: RegionCache, device=None, refresh: bool = False) -> dict:
     """A saved codec on the test items: real bpp, PSNR, TFIC accuracy, and CER/WER per Eq. 7.
 
-    One pass over real bitstreams (:func:`tficlib.codec.evaluate_codec`:
-    bpp from the bytes, header included; PSNR).  ``accuracy`` /
-    ``accuracy_ci`` are the TFIC paper's (Sec. IV-A) for EasyOCR's reading
-    (:func:`tficlib.ocr.read_lines`) of the decoded 8-bit line against the
-    ground truth, as in notebooks 01/02, so 03 and 02 share one axis.
-    CER/WER (:func:`region_error_rates`) compare the readings of the
-    original's kept regions (``cache``) with those of the same boxes of the
-    decoded image.  Cached in ``<stage>/eval/<model stem>.json``, keyed by the
-    model file's SHA-256, the test items and the kept regions.
+    The line reading (bpp from the bytes, header included; PSNR; the
+    training engine's reading of the whole line: ``accuracy``, and its line
+    CER/WER as ``cer_line`` / ``wer_line``) is :func:`tficlib.evaluate.evaluate_model`'s.
+    ``cer`` / ``wer`` are Lai's (:func:`region_error_rates`): the readings of
+    the original's kept regions (``cache``) against those of the same boxes
+    of the decoded image.  Cached in ``<stage>/eval/regions/<model stem>.json``,
+    keyed by the model file, the test items and the kept regions.
     """
-    from . import metrics, ocr, tfic
-
     path = Path(path)
     dev = device or cfg.device
     labels = [lab for _, lab in items]
     kept = None if cache.kept is None else hashlib.sha256(np.packbits(cache.kept.numpy()).tobytes()).hexdigest()
-    sig = {"version": EVAL_VERSION, **tfic.signature(path, labels, STAGE), "cache": cache.manifest_sha256,
+    sig = {"version": EVAL_VERSION, **evaluate.signature(path, labels, STAGE), "cache": cache.manifest_sha256,
            "kept": kept}
-    store = cfg.stage_dir(STAGE) / "eval" / f"{path.stem}.json"
-    data = None if refresh else artifacts.cached_json(store, sig)
-    if data is not None:
-        return data
-    ev, recon, _ = tfic.decode(cfg, path, items, dev, STAGE, ms_ssim=False)
-    read = ocr.read_lines(_as_saved(recon), device=dev)
-    preds: list[list[str]] = []
-    step = max(1, cfg.eval.batch_size)
-    for s in range(0, len(items), step):
-        boxes, _ = cache.batch(range(s, min(len(items), s + step)))
-        preds += recognize_regions(recon[s:s + step].to(dev), boxes)
-    rates = region_error_rates(cache.reference_texts(range(len(items))), preds)
-    mean = ev["mean"]
-    data = {"signature": sig, "model": str(path), "bpp": mean["bpp"], "bpp_estimated": mean["bpp_estimated"],
-            "header_bytes": mean["header_bytes"], "psnr": mean["psnr"],
-            "accuracy": metrics.mean_accuracy(labels, read),
-            "accuracy_ci": metrics.mean_accuracy(labels, read, case_sensitive=False),
-            "cer": rates["cer"], "wer": rates["wer"], "n_text_images": rates["n_images"], "preds": read,
-            "per_image_bpp": ev["bpp"], "per_image_cer": rates["per_image_cer"],
-            "per_image_wer": rates["per_image_wer"], "region_preds": preds}
-    artifacts.write_json(store, data)
-    return data
-
-
-CURVE_KEYS = ("bpp", "bpp_estimated", "psnr", "accuracy", "accuracy_ci", "cer", "wer")
-
-
-def curve(evals: list[dict], description: str, **params) -> dict:
-    """A results.json method entry: lists aligned by rate point (+ the run parameters)."""
-    out: dict[str, Any] = {"description": description}
-    for key in CURVE_KEYS:
-        out[key] = [e.get(key) for e in evals]
-    out.update({k: list(v) for k, v in params.items()})
-    return out
-
-
-def _bd_specs() -> dict:
-    """Tables 1 and 2: ``key -> (BD function, metric, options)`` (see :func:`bd_tables`)."""
-    from . import metrics
-
-    lower = {"higher_is_better": False}
-    return {
-        "bd_rate_cer": (metrics.bd_rate_result, "cer", lower),
-        "bd_rate_wer": (metrics.bd_rate_result, "wer", lower),
-        "bd_cer": (metrics.bd_quality_result, "cer", {**lower, "relative": True}),
-        "bd_wer": (metrics.bd_quality_result, "wer", {**lower, "relative": True}),
-        "bd_psnr_db": (metrics.bd_quality_result, "psnr", {}),
-        "bd_psnr_percent": (metrics.bd_quality_result, "psnr", {"relative": True}),
-        "bd_accuracy": (metrics.bd_quality_result, "accuracy", {}),
-    }
-
-
-def bd_tables(reference: dict, test: dict) -> dict:
-    """Tables 1 and 2 of the paper for ``test`` against ``reference`` (curves of :func:`curve`).
-
-    Table 1: BD-rate (%) at equal CER and at equal WER (bpp saved, negative =
-    better).  Table 2: BD-CER and BD-WER (% change of CER/WER at equal rate,
-    relative to the reference's mean over the common range; negative =
-    better) and BD-PSNR (dB, and % like the paper's table).  pchip over
-    operational curves (:mod:`tficlib.metrics`); a value that cannot be
-    computed is None with its reason.
-    """
-    out = {}
-    for key, (fn, metric, options) in _bd_specs().items():
-        res = fn(reference["bpp"], reference[metric], test["bpp"], test[metric], **options)
-        out[key] = {"value": res.value if res.ok else None, "reason": res.reason}
+    store = evaluate.cache_path(cfg, STAGE, path.stem, "regions")
+    regions = None if refresh else artifacts.cached_json(store, sig)
+    decoded = None
+    if regions is None:
+        ev, recon, _ = evaluate.decode(cfg, path, items, dev, STAGE)
+        decoded = (ev, recon)
+        preds: list[list[str]] = []
+        step = max(1, cfg.eval.batch_size)
+        for s in range(0, len(items), step):
+            boxes, _ = cache.batch(range(s, min(len(items), s + step)))
+            preds += ocr.recognize_regions(recon[s:s + step].to(dev), boxes)
+        rates = region_error_rates(cache.reference_texts(range(len(items))), preds)
+        regions = {"signature": sig, "model": str(path), "cer": rates["cer"], "wer": rates["wer"],
+                   "n_text_images": rates["n_images"], "per_image_cer": rates["per_image_cer"],
+                   "per_image_wer": rates["per_image_wer"], "region_preds": preds}
+        artifacts.write_json(store, regions)
+    line = evaluate.evaluate_model(cfg, path, items, dev, STAGE, refresh=refresh, decoded=decoded)
+    out = {k: v for k, v in line.items() if k not in ("signature", "cer", "wer")}
+    out.update({"cer_line": line["cer"], "wer_line": line["wer"]})
+    out.update({k: v for k, v in regions.items() if k != "signature"})
     return out
 
 
@@ -873,52 +695,9 @@ def text_images(cache: RegionCache, n: int | None = None) -> list[int]:
     return [i for i in range(cache.n_images if n is None else n) if cache.regions_of(i)]
 
 
-def bd_intervals(ref_evals: Sequence[dict], test_evals: Sequence[dict], images_with_text: Sequence[int],
-                 n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                 keys: Sequence[str] = ("bd_rate_cer", "bd_rate_wer", "bd_cer", "bd_wer")) -> dict:
-    """Confidence intervals of :func:`bd_tables`' CER/WER values over the test images.
-
-    ``ref_evals`` / ``test_evals``: :func:`evaluate` results of each curve's
-    points (``per_image_bpp`` over all N test images, ``per_image_cer`` /
-    ``per_image_wer`` over ``images_with_text`` = :func:`text_images`).  A
-    paired bootstrap over the images (:func:`tficlib.metrics.bd_bootstrap`);
-    an image without text region counts for the rate and not for CER/WER,
-    as in the reported means.
-    """
-    from . import metrics
-
-    specs = _bd_specs()
-    unknown = [k for k in keys if k not in specs or specs[k][1] not in ("cer", "wer")]
-    if unknown:
-        raise ValueError(f"no per-image values for {unknown}: intervals exist for the CER/WER values "
-                         f"{[k for k, s in specs.items() if s[1] in ('cer', 'wer')]}")
-    images_with_text = [int(i) for i in images_with_text]
-
-    def per_image(e: dict, metric: str) -> list[float]:
-        values = e[f"per_image_{metric}"]
-        if len(values) != len(images_with_text):
-            raise ValueError(f"{e.get('model', 'an evaluation')}: {len(values)} per-image {metric.upper()} values "
-                             f"but {len(images_with_text)} images with text")
-        full = [float("nan")] * len(e["per_image_bpp"])
-        for i, v in zip(images_with_text, values):
-            full[i] = v
-        return full
-
-    out = {}
-    for key in keys:
-        fn, metric, options = specs[key]
-        curves = []
-        for evals in (ref_evals, test_evals):
-            curves += [[e["per_image_bpp"] for e in evals], [per_image(e, metric) for e in evals]]
-        out[key] = metrics.bd_bootstrap(fn, *curves, n_boot=n_boot, level=level, seed=seed, **options)
-    return out
-
-
 def plot_rate_text(methods: dict, title: str = "", styles: dict | None = None):
     """Fig. 2: CER vs bpp and WER vs bpp (real bytes) for the methods of a results dict."""
     import matplotlib.pyplot as plt
-
-    from . import plots
 
     labels = {"reference": "w/o J (κ = 0)", "textlogit": "w/ J"}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -932,8 +711,6 @@ def plot_rate_text(methods: dict, title: str = "", styles: dict | None = None):
 def plot_kappa_sweep(reference: dict, sweep: list[dict], kappas: Sequence[float]):
     """Fig. 4: CER/WER vs bpp of the κ sweep at one λ, over the reference (κ = 0, every λ) curve."""
     import matplotlib.pyplot as plt
-
-    from . import plots
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("cer", "wer")):
@@ -950,19 +727,6 @@ def plot_kappa_sweep(reference: dict, sweep: list[dict], kappas: Sequence[float]
         ax.set_title(f"κ sweep at one λ: {metric.upper()} vs bpp")
     fig.tight_layout()
     return fig
-
-
-def gap_to_curve(reference: dict, bpp: float, value: float, metric: str = "cer") -> float | None:
-    """``value`` minus the reference curve's ``metric`` at the same rate (linear in log-bpp).
-
-    Negative: the point lies below (better than) the reference curve.  None
-    when ``bpp`` is outside the reference's rate range or a value is missing.
-    """
-    pts = sorted((b, q) for b, q in zip(reference["bpp"], reference[metric]) if b is not None and q is not None)
-    if bpp is None or value is None or len(pts) < 2 or not pts[0][0] <= bpp <= pts[-1][0]:
-        return None
-    xs = np.log([b for b, _ in pts])
-    return float(value - np.interp(math.log(bpp), xs, [q for _, q in pts]))
 
 
 def pick_examples(ev_ref: dict, ev_test: dict, n: int = 2, first: int = 2) -> list[int]:

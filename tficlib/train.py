@@ -1,4 +1,4 @@
-"""One training loop for every learned stage (codecs and DnCNN).
+"""The one training loop of every learned stage (codecs, DnCNN, D2), resumable, hookable, distributable.
 
 CompressAI's training contract (``examples/train.py``), made resumable:
 
@@ -6,28 +6,29 @@ CompressAI's training contract (``examples/train.py``), made resumable:
   bottlenecks, an auxiliary Adam on their ``quantiles`` only; the main
   gradients are clipped (``clip_max_norm``) and every step also takes one
   ``aux_loss()`` step;
-* at the end, ``aux_steps`` extra auxiliary-only steps (cheap: they touch the
-  quantiles only) and CompressAI's exact bisection of the quantiles, so that
-  the quantile (aux) loss has converged before real bitstreams are made,
-  then ``update(force=True)`` (CDF tables) — call
-  :func:`prepare_for_coding` again before any evaluation of a model you
-  changed;
-* seeded: the data order of step ``s`` and the random noise it draws derive
-  from ``(seed, s)`` only, so a run resumed from a checkpoint follows exactly
-  the same path as an uninterrupted one;
+* at the end, ``aux_steps`` auxiliary-only steps and CompressAI's exact
+  bisection of the quantiles, so that the quantile (aux) loss has converged
+  before real bitstreams are made, then ``update(force=True)`` (CDF tables) —
+  call :func:`prepare_for_coding` again before evaluating a model you changed;
+* seeded: the data order of step ``s`` and the random numbers it draws derive
+  from ``(seed, s)`` only (:func:`derive_seed`, :func:`batch_indices`), so a
+  resumed run follows exactly the path of an uninterrupted one;
 * a checkpoint (model + optimizers + scheduler + step + RNG states + log),
-  written atomically every ``checkpoint_every`` steps and at the end,
-  loaded with ``weights_only=True`` (no pickled code);
-* re-running after an interruption resumes from the last checkpoint;
-  re-running after completion reuses the finished model unless
-  ``retrain=True``;
-* the per-step log goes to ``<checkpoint>.log.json`` and ``.log.csv``.
+  written atomically every ``checkpoint_every`` steps and at the end, loaded
+  with ``weights_only=True`` (no pickled code); re-running resumes an
+  interrupted run and reuses a finished one unless ``retrain=True``; a
+  checkpoint written with other settings (its *fingerprint*: the objective's
+  :meth:`~tficlib.objectives.Objective.params`, schedule, seed, data size) is
+  never trusted;
+* :class:`Hook` objects see the run start, every step and the end (weight
+  snapshots for an accuracy-vs-steps curve: :class:`SnapshotHook`);
+* launched by ``torchrun``, the same loop trains data-parallel
+  (:mod:`tficlib.distributed`): every rank takes its share of the batch one
+  process would draw, and only rank 0 writes.
 
-An *objective* is any callable ``objective(model, batch) -> dict`` whose
-``"loss"`` entry is the scalar to minimise; every other scalar entry
-(``bpp``, ``mse``, ``ocr``, ``psnr`` ...) is logged.  The TFIC objectives
-(stage 1: R + λ·255²·MSE; stage 2: R + γ·L_OCR through the straight-through
-forward :func:`forward_ste`) are defined here.
+Stages call it through :func:`fit`, which reads every optimizer setting of a
+run from the profile (:func:`settings`), so that no recipe copies them.  The
+per-step log goes to ``<checkpoint>.log.json`` and ``.log.csv``.
 """
 
 from __future__ import annotations
@@ -45,25 +46,30 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import artifacts
-from .losses import RateDistortionLoss, ocr_loss, rate_bpp
+from . import artifacts, distributed
+from .objectives import Objective
 
 __all__ = [
+    "CHECKPOINT_KIND",
+    "Hook",
+    "Run",
+    "Settings",
+    "SnapshotHook",
     "TrainResult",
     "aux_parameters",
     "batch_indices",
     "configure_optimizers",
-    "forward_ste",
+    "derive_seed",
+    "fit",
     "load_model_state",
     "log_paths",
     "main_parameters",
     "prepare_for_coding",
-    "rate_distortion_objective",
     "read_log",
-    "tfic_objective",
+    "settings",
+    "snapshots",
     "train",
 ]
 
@@ -109,7 +115,7 @@ def prepare_for_coding(model: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- data order
-def _mix(*values: int) -> int:
+def derive_seed(*values: int) -> int:
     """A 63-bit seed from integers (splitmix64), so (seed, step) streams never overlap."""
     x = 0x9E3779B97F4A7C15
     for v in values:
@@ -132,7 +138,7 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
     for pos in range(start, start + batch_size):
         epoch, offset = divmod(pos, n)
         if epoch not in perms:
-            g = torch.Generator().manual_seed(_mix(seed, 0xDA7A, epoch))
+            g = torch.Generator().manual_seed(derive_seed(seed, 0xDA7A, epoch))
             perms[epoch] = torch.randperm(n, generator=g)
         out.append(int(perms[epoch][offset]))
     return out
@@ -200,112 +206,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-# --------------------------------------------------------------------------- objectives
-def forward_ste(model: nn.Module, x: torch.Tensor) -> dict:
-    """Hyperprior forward whose decoder sees *rounded* latents (straight-through).
-
-    TFIC paper Sec. III-B trains through the quantizer; here the rate keeps
-    CompressAI's noisy-latent likelihoods (training mode) while the synthesis
-    transform g_s receives ŷ = y + (round(y − μ) + μ − y).detach(): the
-    forward value is the rounded latent the real decoder will see, the
-    backward pass is the identity (CompressAI's "dequantize" rounding with a
-    straight-through gradient).  μ = 0 for the scale hyperprior; the
-    predicted means for mean-scale models.  Works with the modules of
-    ``bmshj2018-hyperprior`` (g_a, h_a, entropy_bottleneck, h_s,
-    gaussian_conditional, g_s), ``mbt2018-mean`` and the autoregressive
-    ``cheng2020-attn`` / ``mbt2018`` (whose context model sees the noisy
-    latents, as in CompressAI's training forward, and whose decoder sees
-    round(y) with the STE).
-    """
-    for name in ("g_a", "h_a", "h_s", "g_s", "entropy_bottleneck", "gaussian_conditional"):
-        if not hasattr(model, name):
-            raise TypeError(f"forward_ste needs a CompressAI hyperprior model; {type(model).__name__} has no {name}")
-    y = model.g_a(x)
-    gc = model.gaussian_conditional
-    if hasattr(model, "context_prediction"):  # joint autoregressive + hyperprior
-        z = model.h_a(y)
-        z_hat, z_likelihoods = model.entropy_bottleneck(z)
-        params = model.h_s(z_hat)
-        y_noisy = gc.quantize(y, "noise" if model.training else "dequantize")
-        ctx_params = model.context_prediction(y_noisy)
-        gaussian_params = model.entropy_parameters(torch.cat((params, ctx_params), dim=1))
-        scales_hat, means_hat = gaussian_params.chunk(2, 1)
-        _, y_likelihoods = gc(y, scales_hat, means=means_hat)
-        means_q = None
-    else:
-        z = model.h_a(y if _is_mean_scale(model) else torch.abs(y))
-        z_hat, z_likelihoods = model.entropy_bottleneck(z)
-        params = model.h_s(z_hat)
-        if _is_mean_scale(model):
-            scales_hat, means_q = params.chunk(2, 1)
-        else:
-            scales_hat, means_q = params, None
-        _, y_likelihoods = gc(y, scales_hat, means=means_q)
-    mu = means_q if means_q is not None else torch.zeros_like(y)
-    y_hat = y + (torch.round(y - mu) + mu - y).detach()
-    x_hat = model.g_s(y_hat)
-    return {"x_hat": x_hat, "y_hat": y_hat, "y": y, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
-
-
-def _is_mean_scale(model: nn.Module) -> bool:
-    """True for mean-scale hyperpriors (mbt2018-mean): h_s outputs (scales, means)."""
-    from compressai.models import MeanScaleHyperprior
-
-    return isinstance(model, MeanScaleHyperprior)
-
-
-def _psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
-    mse = F.mse_loss(x_hat.detach().clamp(0, 1), x).item()
-    return 10 * math.log10(1.0 / max(mse, 1e-10))
-
-
-def rate_distortion_objective(lmbda: float) -> Callable:
-    """Stage 1 (γ = 0): L = R(ŷ, ẑ) + λ·255²·MSE(x, x̂), batch = (images, labels) or images.
-
-    Logs ``bpp`` (training-mode noisy estimate), ``mse`` and ``psnr``.
-    """
-    criterion = RateDistortionLoss(lmbda)
-
-    def objective(model, batch):
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        out = model(x)
-        terms = criterion(out, x)
-        return {"loss": terms["loss"], "bpp": terms["bpp_loss"], "mse": terms["mse_loss"],
-                "psnr": _psnr(out["x_hat"], x)}
-
-    objective.name = f"rd(lambda={lmbda:g})"
-    objective.params = {"objective": "rate_distortion", "lambda": float(lmbda)}
-    return objective
-
-
-def tfic_objective(gamma: float, lmbda: float = 0.0, ste: bool = True) -> Callable:
-    """Stage 2: L = λ·255²·MSE + R(ŷ, ẑ) + γ·L_OCR(G(x), T(x̂)) (TFIC paper Sec. III-B).
-
-    The paper's recipe is λ = 0, γ = 0.1.  L_OCR is the CTC loss of the
-    frozen EasyOCR recognizer (:func:`tficlib.losses.ocr_loss`).  With
-    ``ste=True`` the decoder sees rounded latents (:func:`forward_ste`) while
-    the rate uses the noisy likelihoods.  batch = (images, labels).
-    """
-    if gamma < 0 or lmbda < 0:
-        raise ValueError(f"γ and λ must be >= 0, got γ={gamma}, λ={lmbda}")
-
-    def objective(model, batch):
-        x, labels = batch
-        out = forward_ste(model, x) if ste else model(x)
-        n, _, h, w = x.shape
-        bpp = rate_bpp(out["likelihoods"], n * h * w)
-        l_ocr = ocr_loss(out["x_hat"], labels)
-        mse = F.mse_loss(out["x_hat"], x)
-        loss = bpp + gamma * l_ocr
-        if lmbda:
-            loss = loss + lmbda * 255**2 * mse
-        return {"loss": loss, "bpp": bpp, "ocr": l_ocr, "mse": mse, "psnr": _psnr(out["x_hat"], x)}
-
-    objective.name = f"tfic(gamma={gamma:g}, lambda={lmbda:g}, ste={ste})"
-    objective.params = {"objective": "tfic", "gamma": float(gamma), "lambda": float(lmbda), "ste": bool(ste)}
-    return objective
-
-
 # --------------------------------------------------------------------------- logs
 def log_paths(checkpoint: str | Path) -> tuple[Path, Path]:
     """``(<checkpoint>.log.json, <checkpoint>.log.csv)``."""
@@ -333,7 +233,7 @@ def read_log(checkpoint: str | Path) -> list[dict]:
     return artifacts.read_json(json_path)["log"]
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- results
 @dataclass
 class TrainResult:
     """What :func:`train` returns."""
@@ -350,6 +250,169 @@ class TrainResult:
     meta: dict = field(default_factory=dict)
 
 
+@dataclass
+class Run:
+    """One finished training run of a stage, as the notebooks list it: its name, saved model, log, settings.
+
+    ``params`` holds what distinguishes the run (λ, γ, κ, the stage-1 model it
+    started from ...); ``error`` says why a run has no model (a diverged loss).
+    """
+
+    name: str
+    path: Path | None
+    log: list[dict]
+    params: dict
+    aux_loss: float | None = None
+    seconds: float = 0.0
+    reused: bool = False
+    resumed_from: int | None = None
+    error: str | None = None
+
+    @property
+    def state(self) -> str:
+        """``reused`` / ``resumed from step s`` / ``trained`` / ``diverged: ...`` for a notebook's table."""
+        if self.error:
+            return f"diverged: {self.error}"
+        if self.reused:
+            return "reused"
+        return f"resumed from step {self.resumed_from}" if self.resumed_from else "trained"
+
+    @classmethod
+    def of(cls, name: str, path: Path | None, result: TrainResult, params: dict) -> Run:
+        """The :class:`Run` of a :class:`TrainResult` whose model was saved at ``path``."""
+        return cls(name, path, result.log, params, result.aux_loss, result.meta.get("seconds", 0.0),
+                   result.reused, result.resumed_from)
+
+
+# --------------------------------------------------------------------------- hooks
+class Hook:
+    """Called by :func:`train` on every rank; a hook that writes files writes on rank 0 only."""
+
+    def on_start(self, model: nn.Module, start_step: int, steps: int) -> None:
+        """Before the first step that runs (``start_step`` > 0 when resuming)."""
+
+    def before_step(self, model: nn.Module, step: int) -> None:
+        """Before step ``step`` (0-based) changes the weights."""
+
+    def after_step(self, model: nn.Module, step: int, row: dict) -> None:
+        """After step ``step``; ``row`` is its log entry."""
+
+    def on_finish(self, model: nn.Module, steps: int) -> None:
+        """After the last step and the final auxiliary steps (not called when a finished run is reused)."""
+
+
+def _snapshot_path(checkpoint: str | Path) -> Path:
+    return Path(checkpoint).with_suffix(".snapshots.pt")
+
+
+def snapshots(checkpoint: str | Path) -> dict[int, dict]:
+    """The weight snapshots a :class:`SnapshotHook` saved beside ``checkpoint``: ``{step: state_dict}``."""
+    return _read_snapshots(_snapshot_path(checkpoint))
+
+
+def _read_snapshots(path: Path) -> dict[int, dict]:
+    if not path.exists():
+        return {}
+    payload = artifacts.load_checkpoint(path)
+    return {int(k): v for k, v in payload["state"].items()}
+
+
+class SnapshotHook(Hook):
+    """Store the weights every ``every`` steps and at the end, beside the checkpoint (``.snapshots.pt``).
+
+    For an accuracy-vs-steps curve.  A run that starts from step 0 starts a
+    new file; a resumed run keeps the snapshots taken before the interruption.
+    """
+
+    def __init__(self, checkpoint: str | Path, every: int):
+        self.path, self.every = _snapshot_path(checkpoint), int(every)
+        self.store: dict[int, dict] = {}
+
+    def _save(self) -> None:
+        if distributed.is_main():
+            artifacts.save_checkpoint(self.path, {str(k): v for k, v in self.store.items()},
+                                      {"kind": "snapshots", "steps": sorted(self.store)})
+
+    def _take(self, model: nn.Module, step: int) -> None:
+        self.store[step] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self._save()
+
+    def on_start(self, model, start_step, steps):
+        if start_step == 0:
+            if self.path.exists() and distributed.is_main():
+                self.path.unlink()
+            self.store = {}
+        else:
+            self.store = _read_snapshots(self.path)
+
+    def before_step(self, model, step):
+        if self.every and step % self.every == 0 and step not in self.store:
+            self._take(model, step)
+
+    def on_finish(self, model, steps):
+        if self.every and steps not in self.store:
+            self._take(model, steps)
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Settings:
+    """Every optimizer setting of one kind of run; :func:`settings` reads them from a profile."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    aux_lr: float = 1e-3
+    clip_max_norm: float | None = None
+    checkpoint_every: int = 100
+    aux_steps: int = 0
+    lr_decay_start: float = 1.0
+    lr_decay_to: float = 0.1
+    schedule: str | None = None  # the profile amount that sets ``steps`` (for runner.schedule_estimate)
+
+
+#: The kinds of training run and the profile section each reads its amounts from.
+KINDS = ("codec.base", "codec.lambda", "tfic", "textlogit", "dequant", "dequant.ablation", "ocr_guided")
+
+
+def settings(cfg, kind: str) -> Settings:
+    """The :class:`Settings` of a run of ``kind`` (one of :data:`KINDS`) in profile ``cfg``.
+
+    Codec runs (stage 1, TFIC, text logit) share stage 1's optimizer settings
+    (``cfg.codec``: aux lr, clipping, checkpoints, aux steps, lr schedule) with
+    their own steps, batch and lr; DnCNN runs read ``cfg.dequant``.  The
+    λ = 1 ablation keeps the main run's constant lr when it is shorter (it
+    is then paired with a snapshot of the main run).
+    """
+    c, d = cfg.codec, cfg.dequant
+    codec_opt = {"aux_lr": c.aux_lr, "clip_max_norm": c.clip_max_norm, "checkpoint_every": c.checkpoint_every,
+                 "aux_steps": c.aux_steps, "lr_decay_start": c.lr_decay_start, "lr_decay_to": c.lr_decay_to}
+    dequant_opt = {"clip_max_norm": d.clip_max_norm, "checkpoint_every": max(1, d.checkpoint_every),
+                   "lr_decay_start": d.lr_decay_start, "lr_decay_to": d.lr_decay_to}
+    if kind == "codec.base":
+        return Settings(c.base_steps, c.batch_size, c.lr, **codec_opt, schedule="codec.base_steps")
+    if kind == "codec.lambda":
+        amount = "codec.lambda_steps" if c.lambda_steps else "codec.base_steps"
+        return Settings(c.lambda_steps or c.base_steps, c.batch_size, c.lr, **codec_opt, schedule=amount)
+    if kind == "tfic":
+        t = cfg.tfic
+        return Settings(t.steps, t.batch_size, t.lr, **codec_opt, schedule="tfic.steps")
+    if kind == "textlogit":
+        t = cfg.textlogit
+        return Settings(t.steps, t.batch_size, t.lr, **codec_opt, schedule="textlogit.steps")
+    if kind == "dequant":
+        return Settings(d.steps, d.batch_size, d.lr, **dequant_opt, schedule="dequant.steps")
+    if kind == "dequant.ablation":
+        steps = d.steps if d.ablation_steps is None else int(d.ablation_steps)
+        opt = {**dequant_opt, "lr_decay_start": 1.0} if steps < d.steps else dequant_opt
+        return Settings(steps, d.batch_size, d.lr, **opt, schedule="dequant.ablation_steps")
+    if kind == "ocr_guided":
+        return Settings(d.ocr_guided_steps, d.ocr_guided_batch, d.ocr_guided_lr, **dequant_opt,
+                        schedule="dequant.ocr_guided_steps")
+    raise ValueError(f"unknown kind of run {kind!r}; kinds are {', '.join(KINDS)}")
+
+
+# --------------------------------------------------------------------------- the loop
 def _scalar(v: Any) -> float | None:
     if isinstance(v, torch.Tensor):
         return float(v.detach()) if v.numel() == 1 else None
@@ -367,9 +430,44 @@ def _lr_factor(step: int, steps: int, decay_start: float, decay_to: float) -> fl
     return decay_to + (1 - decay_to) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+class _Batch:
+    """A batch handed to :class:`_Step` untouched (DistributedDataParallel re-packs tuples and lists of inputs)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+class _Step(nn.Module):
+    """The model and its objective as one module, so that DistributedDataParallel wraps the whole step."""
+
+    def __init__(self, model: nn.Module, objective: Objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: _Batch):
+        return self.objective(self.model, batch.value)
+
+
+def _wrap(model: nn.Module, objective: Objective, ctx: distributed.Context, device: torch.device) -> nn.Module:
+    """The module a step calls: the model and objective, in DistributedDataParallel when there are ranks."""
+    step = _Step(model, objective)
+    if not ctx.distributed:
+        return step
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ignore = [f"model.{n}" for n, p in model.named_parameters() if n.endswith("quantiles")]
+    if ignore:  # trained by the auxiliary loss outside the wrapped forward (tficlib.distributed)
+        DDP._set_params_and_buffers_to_ignore_for_model(step, ignore)
+    ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
+    return DDP(step, device_ids=ids, broadcast_buffers=False)
+
+
 def train(
     model: nn.Module,
-    objective: Callable[[nn.Module, Any], dict],
+    objective: Objective,
     dataset: Sequence,
     *,
     steps: int,
@@ -390,42 +488,53 @@ def train(
     desc: str | None = None,
     meta: dict | None = None,
     progress: bool = True,
+    hooks: Sequence[Hook] = (),
 ) -> TrainResult:
     """Train ``model`` for ``steps`` steps of ``objective`` on ``dataset``, resumably.
 
-    ``model`` holds the starting weights (random, or a stage-1 model to
-    fine-tune); a checkpoint at ``checkpoint`` takes precedence: unfinished
-    -> resume from its step, finished -> reuse (unless ``retrain``).  A
-    checkpoint written with other hyper-parameters (objective, steps, batch,
-    lr, seed, dataset size) is not trusted: training starts over.
+    ``model`` holds the starting weights (random, or a model to fine-tune); a
+    checkpoint at ``checkpoint`` takes precedence: unfinished -> resume from
+    its step, finished -> reuse (unless ``retrain``).  A checkpoint written
+    with other settings is not trusted: training starts over.
 
     ``lr`` is constant until ``lr_decay_start·steps`` and then follows a cosine
     down to ``lr_decay_to·lr`` (``lr_decay_start=1``: constant).  After the
     last step, ``aux_steps`` auxiliary-only Adam steps fit the quantiles and,
     with ``exact_quantiles``, CompressAI's bisection
     (``update(update_quantiles=True)``) solves the same auxiliary objective
-    exactly (aux loss ~0.04 from ~2600 in 0.2 s, where 2000 Adam steps at
-    lr 1e-2 only reach ~2360); then ``update(force=True)`` builds the CDF
-    tables.  The final aux loss is in ``TrainResult.aux_loss``.  Returns a
+    exactly; then ``update(force=True)`` builds the CDF tables.  Returns a
     :class:`TrainResult`; the model is left in eval mode on ``device``.
+
+    Under ``torchrun`` (:mod:`tficlib.distributed`) each rank trains on its
+    share of every batch (``batch_size`` must be a multiple of the number of
+    ranks) and only rank 0 writes; the result equals one process's within
+    float rounding.
     """
     if steps < 0 or batch_size <= 0 or checkpoint_every <= 0:
         raise ValueError(f"bad schedule: steps={steps}, batch_size={batch_size}, checkpoint_every={checkpoint_every}")
     if len(dataset) == 0:
         raise ValueError("train: the dataset is empty")
+    if not isinstance(objective, Objective):
+        raise TypeError(f"train needs a tficlib.objectives.Objective, got {type(objective).__name__}")
+    ctx = distributed.context()
+    if batch_size % ctx.world:
+        raise ValueError(f"a batch of {batch_size} does not split into {ctx.world} ranks: choose a batch size "
+                         f"that is a multiple of the number of processes")
+    main = distributed.is_main()
     checkpoint = Path(checkpoint)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if ctx.distributed:
+        distributed.convert_batchnorm(model)  # batch statistics of the whole batch, across ranks
     model.to(device)
     collate = collate or _collate
     optimizer, aux_optimizer = configure_optimizers(model, lr, aux_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _lr_factor(s, steps, lr_decay_start, lr_decay_to))
-    params = dict(getattr(objective, "params", {"objective": getattr(objective, "name", repr(objective))}))
     fingerprint = {
-        **params, "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr),
+        **objective.params(), "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr),
         "aux_lr": float(aux_lr), "clip_max_norm": clip_max_norm, "seed": int(seed),
-        "n_data": len(dataset), "aux_steps": int(aux_steps), "exact_quantiles": bool(exact_quantiles), "lr_decay_start": float(lr_decay_start),
-        "lr_decay_to": float(lr_decay_to), "model": type(model).__name__,
+        "n_data": len(dataset), "aux_steps": int(aux_steps), "exact_quantiles": bool(exact_quantiles),
+        "lr_decay_start": float(lr_decay_start), "lr_decay_to": float(lr_decay_to), "model": type(model).__name__,
     }
     meta = {"kind": CHECKPOINT_KIND, "fingerprint": fingerprint, **(meta or {})}
     log: list[dict] = []
@@ -444,8 +553,7 @@ def train(
             log = list(state["log"])
             if saved_meta.get("finished"):
                 model.to(device).eval()
-                aux = saved_meta.get("aux_loss")
-                return TrainResult(model, log, checkpoint, steps, reused=True, aux_loss=aux,
+                return TrainResult(model, log, checkpoint, steps, reused=True, aux_loss=saved_meta.get("aux_loss"),
                                    aux_log=list(saved_meta.get("aux_log", [])), meta=saved_meta)
             optimizer.load_state_dict(state["optimizer"])
             if aux_optimizer is not None:
@@ -453,10 +561,12 @@ def train(
             scheduler.load_state_dict(state["scheduler"])
             _set_rng_state(state["rng"])
             start_step = resumed_from = int(state["step"])
-        elif progress:
+        elif progress and main:
             print(f"{checkpoint.name}: saved with other settings; training from the start")
 
     def save(step: int, finished: bool = False, extra: dict | None = None) -> None:
+        if not main:
+            return
         state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "rng": _rng_state(), "log": log,
@@ -469,39 +579,49 @@ def train(
 
     mains = main_parameters(model)
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, initial=start_step, desc=desc or getattr(objective, "name", "train"),
-                   leave=True, dynamic_ncols=True)
-    model.train()
+        bar = tqdm(total=steps, initial=start_step, desc=desc or objective.name, leave=True, dynamic_ncols=True)
+    for hook in hooks:
+        hook.on_start(model, start_step, steps)
+    step_module = _wrap(model, objective, ctx, device)
     n = len(dataset)
     for step in range(start_step, steps):
-        torch.manual_seed(_mix(seed, step))
+        for hook in hooks:
+            hook.before_step(model, step)
+        objective.set_mode(model)
+        torch.manual_seed(derive_seed(seed, step))
         batch = collate([dataset[i] for i in batch_indices(n, batch_size, seed, step)])
-        batch = _to_device(batch, device)
+        batch = _to_device(distributed.shard(batch, ctx), device)
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        out = objective(model, batch)
+        with distributed.global_noise(model, ctx):
+            out = step_module(_Batch(batch))
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {float(loss)} at step {step} ({desc or ''})")
+        finite = bool(torch.isfinite(loss))
+        if ctx.distributed:  # every rank stops together
+            finite = distributed.mean_over_ranks({"finite": float(finite)}, ctx)["finite"] == 1.0
+        if not finite:
+            raise FloatingPointError(f"non-finite loss {float(loss)} at step {step} ({desc or objective.name})")
         loss.backward()
         if clip_max_norm:
             torch.nn.utils.clip_grad_norm_(mains, clip_max_norm)
         optimizer.step()
-        row = {"step": step + 1}
-        row.update({k: s for k, v in out.items() if (s := _scalar(v)) is not None})
+        terms = {k: s for k, v in out.items() if (s := _scalar(v)) is not None}
         if aux_optimizer is not None:
             aux_optimizer.zero_grad(set_to_none=True)
             aux = _aux_loss(model)
             aux.backward()
             aux_optimizer.step()
-            row["aux"] = float(aux.detach())
+            terms["aux"] = float(aux.detach())
+        row = {"step": step + 1, **distributed.mean_over_ranks(terms, ctx)}
         row["lr"] = optimizer.param_groups[0]["lr"]
         scheduler.step()
         row["seconds"] = time.perf_counter() - t0
         log.append(row)
+        for hook in hooks:
+            hook.after_step(model, step, row)
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "bpp", "psnr", "ocr", "aux") if k in row})
@@ -525,9 +645,32 @@ def train(
                 model.update(force=True, update_quantiles=True)
             aux_final = float(_aux_loss(model))
     prepare_for_coding(model)
+    for hook in hooks:
+        hook.on_finish(model, steps)
     seconds = time.perf_counter() - t_start
     extra = {"aux_loss": aux_final, "aux_loss_before_bisection": aux_trained,
-             "aux_log": aux_log[:: max(1, len(aux_log) // 50)], "seconds": seconds}
+             "aux_log": aux_log[:: max(1, len(aux_log) // 50)], "seconds": seconds, "ranks": ctx.world}
     save(steps, finished=True, extra=extra)
+    distributed.barrier()  # the other ranks read what rank 0 wrote only after it is written
     return TrainResult(model, log, checkpoint, steps, resumed_from=resumed_from, aux_loss=aux_final,
                        aux_log=aux_log, seconds=seconds, meta={**meta, **extra, "finished": True})
+
+
+def fit(cfg, kind: str, model: nn.Module, objective: Objective, dataset: Sequence, checkpoint: str | Path, *,
+        seed: int, steps: int | None = None, device=None, collate: Callable | None = None, desc: str | None = None,
+        meta: dict | None = None, hooks: Sequence[Hook] = (), retrain: bool = False,
+        progress: bool = True) -> TrainResult:
+    """:func:`train` with every optimizer setting of a run of ``kind`` read from the profile (:func:`settings`).
+
+    ``steps`` overrides the profile's amount (the run's log then names no
+    schedule); ``meta`` is stored beside the checkpoint with the profile's
+    name and the schedule.
+    """
+    s = settings(cfg, kind)
+    schedule = s.schedule if steps is None else None
+    return train(model, objective, dataset, steps=s.steps if steps is None else int(steps), checkpoint=checkpoint,
+                 batch_size=s.batch_size, lr=s.lr, aux_lr=s.aux_lr, clip_max_norm=s.clip_max_norm, seed=seed,
+                 checkpoint_every=s.checkpoint_every, aux_steps=s.aux_steps, lr_decay_start=s.lr_decay_start,
+                 lr_decay_to=s.lr_decay_to, retrain=retrain, device=device or cfg.device, collate=collate,
+                 desc=desc, meta={"profile": cfg.name, "schedule": schedule, **(meta or {})}, progress=progress,
+                 hooks=hooks)

@@ -4,7 +4,7 @@
 classic codec at its quality setting (:func:`tficlib.baselines.encode`), or a
 saved learned codec (:func:`tficlib.codec.compress`) — decodes it, and shows
 the reconstruction, its bpp (from the real bytes of this one image), the text
-EasyOCR reads (:func:`tficlib.evaluation.line_reader`, the OCR of every
+EasyOCR reads (the training engine's ``read_lines``, the OCR of every
 stage) and its accuracy (TFIC Sec. IV-A).
 
 Headless (papermill, nbval, tests) it degrades gracefully: the widgets are
@@ -68,10 +68,10 @@ def rate_points(cfg, methods: Mapping[str, Mapping]) -> dict[str, list[RatePoint
             for k, q in enumerate(entry["quality"]):
                 points.append(RatePoint(key, k, f"{knob} {q:g}", bpps[k], codec=key, quality=q))
         elif entry.get("source"):
-            from . import tfic  # imports compressai: only when there is a learned codec
+            from . import evaluate  # imports compressai: only when there is a learned codec
 
             for k, b in enumerate(bpps):
-                path = tfic.model_path(cfg, entry["source"], key, k)
+                path = evaluate.model_path(cfg, entry["source"], key, k)
                 if not path.exists():
                     continue
                 knobs = [f"{symbol}={entry[name][k]:g}" for name, symbol in _KNOBS
@@ -128,7 +128,7 @@ class Explorer:
 
     ``images``: float (N,3,H,W) in [0,1]; ``labels``: ground truth;
     ``points``: :func:`rate_points`; ``reader``: a function list-of-images ->
-    list of texts (default :func:`tficlib.evaluation.line_reader`).
+    list of texts (default: the training engine's ``read_lines``).
     ``live=None`` draws into the widgets only when :func:`is_interactive`.
     """
 
@@ -145,9 +145,9 @@ class Explorer:
             raise ValueError("no method has an explorable rate point")
         self.images, self.labels = images, list(labels)
         if reader is None:
-            from .evaluation import line_reader
+            from . import ocr
 
-            reader = line_reader()
+            reader = ocr.get_engine(ocr.TRAINING_ENGINE, device).read_lines
         self.reader, self.device = reader, str(device)
         self.live = is_interactive() if live is None else bool(live)
         self._models: dict = {}

@@ -62,6 +62,7 @@ __all__ = [
     "degrade",
     "font_file",
     "generate",
+    "jpeg_low",
     "load_patches",
     "manifest_path",
     "page_with_patches",
@@ -314,13 +315,11 @@ def split_pages(cfg) -> dict[str, list[int]]:
 
 
 # --------------------------------------------------------------------------- degradation
-def degrade(image: np.ndarray, factor: int, quality: int) -> np.ndarray:
-    """Extreme low-resolution JPEG (paper 3, Sec. 4.6): downsample, JPEG, upsample back.
+def jpeg_low(image: np.ndarray, factor: int, quality: int) -> np.ndarray:
+    """The low-resolution JPEG decode of :func:`degrade`: downsample by ``factor``, JPEG at ``quality``, decode.
 
-    ``image``: uint8 HxWx3 RGB.  Downsample by ``factor`` with an area (box)
-    filter, encode with Pillow's JPEG at ``quality`` (1 = coarsest quantization;
-    default 4:2:0 chroma subsampling), decode, upsample to HxW with bicubic
-    interpolation.  Returns uint8 HxWx3.
+    ``image``: uint8 HxWx3 RGB; returns uint8 (H/f)x(W/f)x3.  Its 8×8 blocks
+    are the JPEG's own blocks (the DCT loss on JPEG's grid compares with them).
     """
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
@@ -337,8 +336,21 @@ def degrade(image: np.ndarray, factor: int, quality: int) -> np.ndarray:
     small.save(buf, format="JPEG", quality=int(quality))
     buf.seek(0)
     with Image.open(buf) as decoded:
-        back = decoded.convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
-    return np.asarray(back).copy()
+        return np.asarray(decoded.convert("RGB")).copy()
+
+
+def degrade(image: np.ndarray, factor: int, quality: int) -> np.ndarray:
+    """Extreme low-resolution JPEG (paper 3, Sec. 4.6): downsample, JPEG, upsample back.
+
+    x̃ = U_f(JPEG_q^{-1}(JPEG_q(D_f(x)))): ``image`` uint8 HxWx3 RGB is
+    downsampled by ``factor`` with an area (box) filter, encoded with Pillow's
+    JPEG at ``quality`` (1 = coarsest quantization; default 4:2:0 chroma
+    subsampling) and decoded (:func:`jpeg_low`), then upsampled to HxW with
+    bicubic interpolation.  Returns uint8 HxWx3.
+    """
+    h, w = np.asarray(image).shape[:2]
+    low = Image.fromarray(jpeg_low(image, factor, quality), "RGB")
+    return np.asarray(low.resize((w, h), Image.Resampling.BICUBIC)).copy()
 
 
 # --------------------------------------------------------------------------- files
