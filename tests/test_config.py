@@ -168,3 +168,13 @@ def test_cpu_text_logit_runs_see_no_line_twice_and_leave_the_validation_lines_ou
     t = cpu.textlogit
     assert t.steps * t.batch_size <= t.train_images  # one pass at most: no line seen twice
     assert t.train_images <= 1800 <= cpu.textlines.n_train - 200
+
+
+def test_a_training_seed_is_a_variant_with_the_same_data():
+    cpu = config.resolve("cpu", device="cpu")
+    assert config.with_seed(cpu, None) is cpu and config.with_seed(cpu, cpu.seed) is cpu
+    one = config.resolve("cpu", device="cpu", seed=1)
+    assert (one.seed, one.variant, one.data_dir.name, one.data_seed) == (1, "seed1", "cpu-seed1", cpu.data_seed)
+    custom = config.apply_overrides(cpu, {"tfic.steps": 5})
+    both = config.with_seed(custom, 2)
+    assert both.variant == "custom" and both.seed == 2 and __import__("json").loads(both.overrides)["seed"] == 2

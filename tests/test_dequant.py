@@ -113,6 +113,41 @@ class _FakePatches:
         return self.items[i]
 
 
+def test_low_resolution_decode_of_a_crop_is_the_crop_of_the_patch_decode():
+    from tficlib.data import pages
+
+    fake = _FakePatches(2)
+    data = dncnn.PatchCrops(fake, crop=32, grid=16, jpeg=(2, 1))
+    full = torch.from_numpy(pages.jpeg_low((fake[1]["clean"] * 255).round().byte().permute(1, 2, 0).numpy(), 2, 1))
+    torch.manual_seed(0)
+    for _ in range(10):
+        item = data[1]
+        hits = [(y, x) for y in range(0, 64 - 31, 16) for x in range(0, 256 - 31, 16)
+                if torch.equal((fake[1]["clean"] * 255).round().byte()[:, y:y + 32, x:x + 32],
+                               (item["clean"] * 255).round().byte())]
+        (y, x), = hits
+        low = full[y // 2:y // 2 + 16, x // 2:x // 2 + 16].permute(2, 0, 1).float() / 255
+        assert torch.equal(item["low"], low)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        dncnn.PatchCrops(fake, crop=24, grid=8, jpeg=(2, 1))
+
+
+def test_dct_loss_on_the_jpeg_grid_pools_the_restored_image():
+    from tficlib.losses import dct_loss_jpeg_grid
+
+    torch.manual_seed(0)
+    low, x_hat = torch.rand(1, 3, 16, 32), torch.rand(1, 3, 32, 64)
+    expected = dct_loss(low, F.avg_pool2d(x_hat, 2), tau=0.5)
+    assert torch.allclose(dct_loss_jpeg_grid(low, x_hat, 2, 0.5), expected)
+    up = F.interpolate(low, scale_factor=2, mode="nearest")  # a restored image that pools back to the decode
+    assert dct_loss_jpeg_grid(low, up, 2, 0.5).item() == 0.0
+    with pytest.raises(ValueError, match="is not 2x the low-resolution decode"):
+        dct_loss_jpeg_grid(low, x_hat[..., :62], 2)
+    assert "dct_grid" not in Dequantization(0.8).params() and Dequantization(0.8, jpeg_factor=2).params()["dct_grid"]
+    with pytest.raises(ValueError, match="needs the low-resolution decodes"):
+        Dequantization(0.8, jpeg_factor=2)(dncnn.DnCNN(depth=3, features=4), {"clean": up, "degraded": up})
+
+
 def test_crops_lie_on_the_jpeg_grid():
     data = dncnn.PatchCrops(_FakePatches(2), crop=32, grid=16)
     full = (data.clean[1].float() / 255)
@@ -125,14 +160,16 @@ def test_crops_lie_on_the_jpeg_grid():
 
 
 def _tiny_cfg(**dq):
-    base = dict(depth=4, features=8, steps=4, batch_size=2, crop=32, eval_every=2, checkpoint_every=2)
+    base = dict(depth=4, features=8, steps=4, batch_size=2, crop=32, eval_every=2, checkpoint_every=2,
+                validation_patches=0)
     base.update(dq)
     return config.resolve("smoke", device="cpu").with_overrides(dequant=base)
 
 
 def test_train_dncnn_snapshots_resume_and_reuse(tmp_data):
     cfg = _tiny_cfg()
-    data = dncnn.PatchCrops(_FakePatches(), crop=32)
+    data = dequant.training_crops(cfg, _FakePatches())
+    assert data.low is not None and data[0]["low"].shape == (3, 16, 16)  # the crop's JPEG decode, at half size
     ckpt = cfg.stage_dir(dequant.STAGE_DNCNN) / "dncnn.pt"
     result = dequant.train_dncnn(cfg, data, ckpt, progress=False)
     assert [row["step"] for row in result.log] == [1, 2, 3, 4]
@@ -151,7 +188,7 @@ def test_train_dncnn_snapshots_resume_and_reuse(tmp_data):
 
 def test_ablation_is_paired_with_the_main_run(tmp_data):
     cfg = _tiny_cfg(steps=8, ablation_steps=2, lr_decay_start=0.5)
-    data = dncnn.PatchCrops(_FakePatches(), crop=32)
+    data = dequant.training_crops(cfg, _FakePatches())
     result, ref = dequant.train_ablation(cfg, data, cfg.stage_dir(dequant.STAGE_DNCNN) / "abl.pt", progress=False)
     assert ref == 2 and len(result.log) == 2
     assert result.meta["schedule"] == "dequant.ablation_steps"  # the amount a dry run's estimate scales by
@@ -172,23 +209,50 @@ def test_match_words_by_overlap():
     assert pairs == [((5, 0, 130, 30), "Hello world")]
 
 
-def test_reassembly_puts_each_patch_back_where_it_came_from():
+def test_reassembly_blends_each_window_without_seams():
     x_tilde = torch.rand(3, 64, 256)
-    boxes = [(3, 4, 40, 30), (50, 33, 120, 60), (200, 0, 256, 20)]
-    patches = [torch.full((3, y1 - y0, x1 - x0), float(i + 2)) for i, (x0, y0, x1, y1) in enumerate(boxes)]
-    out = dncnn.reassemble(x_tilde, patches, boxes)
-    mask = torch.zeros(64, 256, dtype=torch.bool)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        assert torch.all(out[:, y0:y1, x0:x1] == i + 2)
-        mask[y0:y1, x0:x1] = True
-    assert torch.equal(out[:, ~mask], x_tilde[:, ~mask])
-    # an identity D2 (zero residual) refines nothing: x̂ = x̃ exactly
-    guided = dncnn.OCRGuidedChain(dncnn.DnCNN(depth=4, features=8), d2=dncnn.DnCNN(depth=4, features=8))
-    refined, kept = guided.refine(x_tilde, boxes)
-    assert [tuple(p.shape[-2:]) for p in refined] == [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in boxes]
-    for p, (x0, y0, x1, y1) in zip(refined, kept):
-        assert torch.equal(p, x_tilde[:, y0:y1, x0:x1])
-    assert torch.equal(dncnn.reassemble(x_tilde, refined, kept), x_tilde)
+    margin = 6
+    boxes = [(10, 8, 40, 30), (60, 33, 120, 58), (200, 0, 256, 20)]
+    wins = [dncnn._window(b, margin, 64, 256) for b in boxes]
+    windows = [torch.full((3, w[3] - w[1], w[2] - w[0]), float(i + 2)) for i, w in enumerate(wins)]
+    out = dncnn.reassemble(x_tilde, windows, list(zip(wins, boxes)))
+    covered = torch.zeros(64, 256, dtype=torch.bool)
+    for i, ((x0, y0, x1, y1), w) in enumerate(zip(boxes, wins)):
+        assert torch.allclose(out[:, y0:y1, x0:x1], torch.full((3, y1 - y0, x1 - x0), float(i + 2)))  # the word: D2's
+        covered[w[1]:w[3], w[0]:w[2]] = True
+        # across the margin the weight falls linearly: half-way it is about half D2's, half x̃
+        if x0 - margin >= 0:
+            mid = out[:, (y0 + y1) // 2, x0 - margin // 2]
+            ref = x_tilde[:, (y0 + y1) // 2, x0 - margin // 2]
+            assert torch.all((mid - ref).abs() < (i + 2 - ref).abs())  # moved towards D2's value, not all the way
+    assert torch.equal(out[:, ~covered], x_tilde[:, ~covered])  # outside every window: x̃ untouched
+    # windows equal to x̃ (an identity D2) change nothing
+    same = [x_tilde[:, w[1]:w[3], w[0]:w[2]] for w in wins]
+    assert torch.allclose(dncnn.reassemble(x_tilde, same, list(zip(wins, boxes))), x_tilde, atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit its place"):
+        dncnn.reassemble(x_tilde, [windows[0][:, 1:]], [(wins[0], boxes[0])])
+
+
+def test_chain_reads_each_word_and_an_identity_d2_reads_like_d1():
+    torch.manual_seed(0)
+    d1 = _trained_like_dncnn()
+    x = torch.rand(2, 3, 64, 256)
+    boxes = [[(10, 8, 60, 30), (70, 8, 120, 30)], [(5, 35, 90, 60)]]
+    chain = dncnn.OCRGuidedChain(d1, init="identity")
+    out = chain.run(x, boxes=boxes)
+    assert [len(w) for w in out["words"]] == [2, 1] and out["restored"].shape == x.shape
+    base = chain.run(x, boxes=boxes, refine=False)
+    for a, b in zip(out["words"], base["words"]):
+        for p, q in zip(a, b):
+            assert torch.allclose(p, q, atol=1e-6)  # identity start: D2's words are D1's
+    assert torch.allclose(out["restored"], out["x_tilde"], atol=1e-6)
+
+
+def test_coverage_counts_label_characters_inside_matched_boxes():
+    words = [("Hello", (10, 5, 60, 25)), ("world", (70, 5, 120, 25)), ("far", (200, 40, 230, 60))]
+    assert dequant.coverage([(8, 3, 62, 27), (66, 2, 124, 28)], words) == pytest.approx(10 / 13)
+    assert dequant.coverage([], words) == 0.0
+    assert dequant.coverage([], []) == 1.0
 
 
 def _state(module):
@@ -252,7 +316,7 @@ def test_ocr_guided_step_updates_only_d2():
     assert all(p.grad is None or not p.grad.any() for p in fresh.d2.parameters())
     # one word above, one below a cap between their losses: only the readable word counts
     with torch.no_grad():
-        crops = [ocr.crop_boxes(fresh.refine(x8[i["index"]].float() / 255, [i["box"]])[0][0].clamp(0, 1)[None],
+        crops = [ocr.crop_boxes(fresh.refine_words([(x8[i["index"]].float() / 255, i["box"])])[0].clamp(0, 1)[None],
                                 [[(0, 0, i["box"][2] - i["box"][0], i["box"][3] - i["box"][1])]])[0] for i in batch]
         logits = recognizer(ocr.pad_crops(crops))
         per = ocr.ctc_loss(logits, labels, reduction="none") / torch.tensor([len(t) for t in labels])  # per char
@@ -277,17 +341,24 @@ def test_pixel_anchor_needs_aligned_clean_patches():
 
 
 def test_targets_are_reported_not_hidden():
-    from tficlib import config
+    from tficlib import config, metrics
     from tficlib import dequant as dq
 
-    scores = {"jpeg": {"accuracy": 0.005}, "dncnn": {"accuracy": 0.363}, "ocr_guided": {"accuracy": 0.147}}
-    cpu = dq.targets(config.resolve("cpu", device="cpu"), scores)
-    assert cpu["degraded JPEG < 0.10"]["met"] and cpu["DnCNN >= 0.35"]["met"]
-    miss = cpu["OCR-guided >= DnCNN + 0.15"]
-    assert not miss["met"] and miss["measured"] == 0.147 and abs(miss["target"] - 0.513) < 1e-12
-    paper = dq.targets(config.resolve("paper", device="cpu"), scores)
+    cpu = config.resolve("cpu", device="cpu")
+    acc = {"jpeg": 0.02, "dncnn": 0.63, "ocr_guided": 0.70}
+    gain = metrics.paired_difference([0.8, 0.7, 0.9, 0.6], [0.7, 0.6, 0.85, 0.55], n_boot=200)
+    tiny = metrics.paired_difference([0.61, 0.6, 0.6], [0.6, 0.6, 0.61], n_boot=200)
+    out = dq.targets(cpu, acc, gains={"ocr_guided - dncnn": gain, "ocr_guided - anchor_only": tiny},
+                     ablation={"with_dct": 0.5, "mse_only": 0.52})
+    assert out["degraded JPEG < 0.05"]["met"] and out["DnCNN >= 0.60"]["met"]
+    assert out["OCR-guided - DnCNN >= +0.05, interval above 0"]["met"]
+    assert out["OCR-guided - DnCNN >= +0.05, interval above 0"]["interval"] == [gain["low"], gain["high"]]
+    assert not out["OCR-guided - anchor-only > 0, interval above 0"]["met"]  # an interval that includes 0
+    miss = out["lambda = 0.8 (with DCT) >= lambda = 1 (MSE only), same steps"]
+    assert not miss["met"] and miss["measured"] == 0.5 and miss["target"] == 0.52
+    paper = dq.targets(config.resolve("paper", device="cpu"), acc)
     assert not paper["DnCNN >= 0.70"]["met"] and not paper["OCR-guided >= 0.85"]["met"]
-    assert dq.targets(config.resolve("smoke", device="cpu"), scores) == {}
+    assert dq.targets(config.resolve("smoke", device="cpu"), acc) == {}
 
 
 def test_d2_initialisations():
@@ -301,13 +372,21 @@ def test_d2_initialisations():
     assert torch.count_nonzero(guided.d2.body[-1].weight) == 0
     assert torch.count_nonzero(d1.body[-1].weight) > 0  # D1 itself untouched
     assert torch.equal(guided.d2.body[0].weight, d1.body[0].weight)
-    (patch,), _ = guided.refine(x_tilde, box)
+    (patch,) = guided.refine_words([(x_tilde, box[0])])
     assert torch.equal(patch, x_tilde[:, 8:30, 10:60])
     # "d1": D1 exactly, so D2 re-applies the dequantizer
     literal = dncnn.OCRGuidedChain(d1, init="d1")
     assert _same(_state(literal.d2), _state(d1))
-    (patch,), _ = literal.refine(x_tilde, box)
+    (patch,) = literal.refine_words([(x_tilde, box[0])])
     assert not torch.allclose(patch, x_tilde[:, 8:30, 10:60])
+    # "d1_degraded": D1 on the degraded input's window, with a margin of D1's receptive field at least:
+    # before training each word is exactly D1's output of the whole image
+    degraded = torch.rand(1, 3, 40, 96)
+    on_degraded = dncnn.OCRGuidedChain(d1, init="d1_degraded", margin=2)
+    assert on_degraded.reads_degraded and on_degraded.margin == dncnn.receptive_radius(d1) == 4
+    with torch.no_grad():
+        (patch,) = on_degraded.refine_words([(degraded[0], box[0])])
+        assert torch.allclose(patch, d1(degraded)[0, :, 8:30, 10:60], atol=1e-6)
     with pytest.raises(ValueError, match="unknown D2 initialisation 'zeros'"):
         dncnn.OCRGuidedChain(d1, init="zeros")
 
@@ -373,17 +452,20 @@ def test_refine_at_test_time_equals_the_training_path_word_by_word():
     d1 = _trained_like_dncnn()
     guided = dncnn.OCRGuidedChain(d1, init="d1", margin=4)
     torch.manual_seed(2)
-    x_tilde = torch.rand(3, 64, 256)
+    x = torch.rand(1, 3, 64, 256)
     boxes = [(3, 4, 40, 30), (50, 33, 120, 60), (200, 0, 256, 20)]
     with torch.no_grad():
-        together, kept = guided.refine(x_tilde, boxes)  # one image, all its words (test time)
+        x_tilde = d1(x)[0].clamp(0, 1)
+        together = guided.run(x, boxes=[boxes])["words"][0]  # test time: D1, then every word of the image
+        kept = boxes
         for patch, box in zip(together, kept):
             (alone,) = guided.refine_words([(x_tilde, box)])  # one word (as in a training batch)
             x0, y0, x1, y1 = box
             win = dncnn._window(box, 4, 64, 256)
             direct = guided.d2(x_tilde[None, :, win[1]:win[3], win[0]:win[2]])[0]
-            assert torch.allclose(patch, alone, atol=1e-6)
-            assert torch.allclose(patch, direct[:, y0 - win[1]:y1 - win[1], x0 - win[0]:x1 - win[0]], atol=1e-6)
+            assert torch.allclose(patch, alone.clamp(0, 1), atol=1e-6)
+            assert torch.allclose(patch, direct[:, y0 - win[1]:y1 - win[1], x0 - win[0]:x1 - win[0]].clamp(0, 1),
+                                  atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

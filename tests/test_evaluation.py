@@ -274,3 +274,59 @@ def test_learned_curves_add_line_cer_from_saved_models(cfg):
     assert [p.setting for p in points["textlogit"]] == ["λ=0.0001, κ=0.1", "λ=0.0002, κ=0.1"]
     recon, nbytes = widgets.code_point(points["textlogit"][0], images[0])
     assert recon.shape == images[0].shape and 8 * nbytes / (64 * 256) == pytest.approx(per_image[0][0])
+
+
+@pytest.mark.slow
+def test_every_judge_reads_every_curve_and_the_comparisons_have_intervals(cfg):
+    from tficlib import codec, evaluate
+
+    torch.manual_seed(0)
+    images, labels = _synthetic_lines(4), ["m90", "m89", "m90", "m88"]
+    items = list(zip(images, labels))
+    paths = {}
+    for method in ("mse", "tfic"):
+        paths[method] = []
+        for k, n in enumerate((8, 12)):
+            model = codec.build_model("bmshj2018-hyperprior", N=n, M=n)
+            paths[method].append(codec.save_model(cfg.stage_dir("02_tfic_ocr_finetuning") / "models" / f"{method}_{k}.pt",
+                                                  model, {"k": k}))
+    judged = evaluate.judge(cfg, paths, items, "cpu", "01_mse_pretraining", engines=["brightness"],
+                            comparisons=[("mse", "tfic")], seed=0)
+    entry = judged["by_engine"]["brightness"]
+    assert judged["engines"] == ["brightness"] and set(entry["curves"]) == {"mse", "tfic"}
+    assert len(entry["curves"]["tfic"]["bpp"]) == 2 and "bpp_payload" in entry["curves"]["tfic"]
+    assert all(p < b for p, b in zip(entry["curves"]["tfic"]["bpp_payload"], entry["curves"]["tfic"]["bpp"]))
+    assert set(entry["bd"]["tfic vs mse"]) >= {"bd_accuracy", "bd_rate_accuracy"}
+    assert set(entry["bd_payload"]["tfic vs mse"]) >= {"bd_accuracy"}
+    assert entry["bd_ci"]["tfic vs mse"]["bd_accuracy"]["n_boot"] == cfg.eval.bootstrap
+    row = evaluate.judged_table(judged)[0]
+    assert row["comparison"] == "tfic vs mse" and "brightness" in row
+    slim = evaluate.without_evals(judged)
+    assert "evals" not in slim["by_engine"]["brightness"] and "evals" in entry  # what results.json stores
+
+
+def test_judge_comparisons_name_the_best_classic_and_skip_missing_curves():
+    methods = {"mse": {"bpp": BPP, "accuracy": _acc()}, "tfic": {"bpp": BPP, "accuracy": _acc(base=0.75)},
+               "jpeg": {"bpp": [0.3, 0.5, 0.8, 1.2], "accuracy": _acc()}}
+    n = 5
+    evals = {k: [{"per_image_bpp": [b] * n, "per_image_accuracy": [a] * n} for b, a in zip(v["bpp"], v["accuracy"])]
+             for k, v in methods.items()}
+    rows = evaluation.judge_comparisons(methods, evals, "jpeg", n_boot=20)
+    assert [(r["reference"], r["method"]) for r in rows] == [("mse", "tfic"), ("jpeg", "mse"), ("jpeg", "tfic")]
+    assert rows[0]["bd_accuracy"] == pytest.approx(0.05, abs=1e-6)
+    assert rows[0]["bd_accuracy_low"] == pytest.approx(0.05, abs=1e-6)  # every image moves by the same amount
+    table = evaluation.judges_table({"easyocr": rows, "brightness": rows})
+    assert table[0]["comparison"] == "tfic vs mse" and table[0]["easyocr"] == table[0]["brightness"]
+
+
+def test_seed_table_gathers_the_seed_variants(tmp_data):
+    for seed, bd in ((0, 0.08), (1, 0.06), (2, 0.07)):
+        c = config.resolve("smoke", seed=seed)
+        artifacts.write_results(c, "02_tfic_ocr_finetuning", {"tfic": {"bpp": [0.1, 0.2], "accuracy": [0.5, 0.8]}},
+                                {"bd": {"bd_accuracy": bd}})
+    rows, folders = evaluation.seed_table(config.resolve("smoke"))
+    assert folders == ["smoke", "smoke-seed1", "smoke-seed2"]
+    row = next(r for r in rows if r["value"].startswith("TFIC vs MSE codec, BD-accuracy"))
+    assert row["n"] == 3 and row["mean"] == pytest.approx(0.07) and row["std"] == pytest.approx(0.01)
+    best = next(r for r in rows if r["value"] == "TFIC, best accuracy")
+    assert best["mean"] == pytest.approx(0.8)

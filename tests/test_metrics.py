@@ -312,3 +312,13 @@ def test_bd_intervals_match_bd_summary_on_the_means():
         assert iv[key]["value"] == pytest.approx(summary[key])
         assert iv[key]["low"] <= iv[key]["value"] <= iv[key]["high"]
     assert iv["bd_accuracy"]["value"] > 0 and iv["bd_rate_accuracy"]["value"] < 0
+
+
+def test_paired_difference_is_the_mean_difference_with_a_paired_interval():
+    a, b = [0.9, 0.8, 0.7, 0.6, 0.5], [0.8, 0.7, 0.6, 0.5, 0.4]  # a beats b by exactly 0.1 on every item
+    d = M.paired_difference(a, b, n_boot=200, seed=1)
+    assert d["value"] == pytest.approx(0.1) and d["low"] == pytest.approx(0.1) and d["high"] == pytest.approx(0.1)
+    noisy = M.paired_difference([1, 0, 1, 0, 1, 0], [0, 1, 0, 1, 0, 1], n_boot=500, seed=0)
+    assert noisy["value"] == 0.0 and noisy["low"] < 0 < noisy["high"] and noisy["n"] == 6
+    with pytest.raises(ValueError, match="equal-length"):
+        M.paired_difference([1, 2], [1])

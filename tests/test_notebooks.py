@@ -35,8 +35,8 @@ def test_notebook_is_a_clean_lesson(path):
     assert code[0] is tagged[0], f"{path.name}: the parameters cell must be the first code cell"
     src = tagged[0].source
     assert 'os.environ.get("TFIC_PROFILE", "auto")' in src and "SEED" in src
-    assert "config.resolve(PROFILE)" in code[1].source, \
-        f"{path.name}: the second code cell must resolve the profile"
+    assert "config.resolve(PROFILE, seed=SEED)" in code[1].source, \
+        f"{path.name}: the second code cell must resolve the profile with the notebook's seed (its own folder)"
     first = nb.cells[0]
     assert first.cell_type == "markdown" and first.source.lstrip().startswith("# "), "title first"
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")

@@ -3,7 +3,7 @@ import json
 import nbformat
 import pytest
 
-from tficlib import runner
+from tficlib import config, runner
 
 
 def _notebook(path, *sources):
@@ -136,3 +136,20 @@ def test_schedule_estimate_scales_each_logged_run_by_its_amount(tmp_path):
     assert est["runs"]["04_dncnn/abl.log.json"] == {"schedule": "dequant.ablation_steps", "steps": 100_000,
                                                      "seconds_per_step": 0.036}
     assert set(est["runs"]) == {"01_mse/checkpoints/mse_0.log.json", "04_dncnn/abl.log.json"}
+
+
+def test_a_seed_variant_links_the_earlier_stages_it_does_not_retrain(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFIC_DATA", str(tmp_path))
+    base = config.resolve("smoke", device="cpu")
+    for stage in ("00_dataset", "01_mse_pretraining"):
+        (base.stage_dir(stage)).mkdir(parents=True)
+        (base.stage_dir(stage) / "results.json").write_text("{}")
+    seeded = config.resolve("smoke", device="cpu", seed=3)
+    linked = runner.link_earlier_stages(seeded, "02_tfic_ocr_finetuning", log=lambda *a: None)
+    assert set(linked) == {"00_dataset", "01_mse_pretraining"}
+    assert (seeded.stage_dir("01_mse_pretraining") / "results.json").samefile(
+        base.stage_dir("01_mse_pretraining") / "results.json")  # hard links: no copy of the models
+    # a variant whose settings concern a stage does not take that stage (nor what reads it) from the profile
+    changed = config.apply_overrides(base, {"variant": "other", "codec.lambdas": [0.01]})
+    assert set(runner.link_earlier_stages(changed, "02_tfic_ocr_finetuning", log=lambda *a: None)) == {"00_dataset"}
+    assert runner.link_earlier_stages(base, "02_tfic_ocr_finetuning") == {}  # the profile itself links nothing

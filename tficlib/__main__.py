@@ -22,7 +22,7 @@ def _cmd_run(args) -> int:
     from .runner import run_pipeline
 
     run_pipeline(args.profile, args.first, args.last, overrides=config.parse_assignments(args.set),
-                 dry_run=args.dry_run)
+                 dry_run=args.dry_run, seed=args.seed)
     return 0
 
 
@@ -37,15 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="change an amount, e.g. --set codec.base_steps=10 (repeatable; JSON values); "
                         "the run becomes the variant 'custom' in data/<profile>-custom/")
+    p.add_argument("--seed", type=int, default=None,
+                   help="a training seed other than the profile's: the variant 'seed<N>' in data/<profile>-seed<N>/; "
+                        "stages before --from are linked from the profile's own run (same data, same earlier models)")
     p.add_argument("--dry-run", action="store_true",
                    help="the whole chain at the profile's shapes with a few images and steps per stage "
                         "(variant 'dryrun', data/<profile>-dryrun/): check a GPU machine before the long run; "
                         "ends with an estimate of the full run's training time")
     p.set_defaults(func=_cmd_run)
 
-    from . import cli_codec, cli_train
+    from . import cli_codec, cli_train, kit
 
     cli_train.add_command(sub)
+    kit.add_command(sub)
     cli_codec.add_commands(sub)
     return parser
 
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
-    except (UsageError, config.UnknownProfile, ValueError, FileNotFoundError) as exc:
+    except (UsageError, config.UnknownProfile, ValueError, FileNotFoundError) as exc:  # KitError is a ValueError
         print(f"tfic: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -75,7 +75,7 @@ STAGES: dict[str, tuple[str, Callable]] = {
 
 
 def train_stage(prefix: str, profile: str | None = None, overrides: dict | None = None, retrain: bool = False,
-                log=print) -> list:
+                log=print, seed: int | None = None) -> list:
     """Every training run of notebook ``prefix`` (``"01"`` ... ``"05"``) in ``profile``; returns the runs.
 
     Joins torchrun's process group when launched by torchrun, and leaves it at the end.
@@ -87,6 +87,7 @@ def train_stage(prefix: str, profile: str | None = None, overrides: dict | None 
     cfg = config.resolve(profile)
     if overrides:
         cfg = config.apply_overrides(cfg, overrides)
+    cfg = config.with_seed(cfg, seed)
     ctx = distributed.init_from_env(cfg.device)
     try:
         device = config.setup(cfg)
@@ -111,7 +112,7 @@ def train_stage(prefix: str, profile: str | None = None, overrides: dict | None 
 
 
 def _cmd_train(args) -> int:
-    train_stage(args.stage, args.profile, config.parse_assignments(args.set), retrain=args.retrain)
+    train_stage(args.stage, args.profile, config.parse_assignments(args.set), retrain=args.retrain, seed=args.seed)
     return 0
 
 
@@ -122,5 +123,6 @@ def add_command(subparsers) -> None:
     p.add_argument("--profile", default=None, help="smoke | cpu | paper | auto (default: $TFIC_PROFILE or auto)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="change an amount (as for 'run'); the runs then belong to the variant's folder")
+    p.add_argument("--seed", type=int, default=None, help="a training seed other than the profile's (variant seed<N>)")
     p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     p.set_defaults(func=_cmd_train)

@@ -45,6 +45,7 @@ __all__ = [
     "parse_assignments",
     "repo_root",
     "resolve",
+    "with_seed",
 ]
 
 
@@ -62,6 +63,7 @@ class TextLinesCfg:
     height: int
     width: int
     max_chars: int = 24  # longest label; longer lines become unreadable once fitted
+    n_unseen: int = 0  # the "unseen" test split: fonts and words no training split uses (0: the size of n_test)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ class DequantCfg:
     ocr_guided_steps: int = 500
     ocr_guided_batch: int = 16
     ocr_guided_lr: float = 1e-4
-    ocr_guided_init: str = "identity"  # D2 = D1 with a zero last layer (identity); "d1": D1 exactly (OCRGuided)
+    ocr_guided_init: str = "identity"  # D2's start (dncnn.OCRGuidedChain): "identity", "d1", "d1_degraded"
     ocr_guided_anchor: float = 50.0  # μ·MSE(x̂_p, x_p) beside the OCR loss (our deviation; the paper: 0)
     ocr_guided_ctc_cap: float | None = 3.0  # per-word CTC per character capped (our deviation; None: the paper's)
     eval_every: int = 250  # weight snapshots for the accuracy-vs-steps curve
@@ -160,6 +162,8 @@ class DequantCfg:
     checkpoint_every: int = 200
     ablation_steps: int | None = None  # λ = 1 (MSE only) ablation; None: as many as steps
     word_margin: int = 8  # context pixels around each word patch given to D2
+    dct_grid: str = "jpeg"  # L_DCT's 8x8 blocks: "jpeg" = the JPEG's own (x̂ pooled by the downsampling); "patch"
+    validation_patches: int = 0  # the last training patches, held out from D1 and D2 to choose settings on
     guided_train_patches: int | None = None  # training patches used by 05 (None: all)
     curve_patches: int = 50  # test patches OCR-read for each point of the accuracy-vs-steps curve
 
@@ -181,7 +185,7 @@ class Profile:
 
     name: str
     device: str
-    seed: int
+    seed: int  # every random choice of training and evaluation derives from it
     textlines: TextLinesCfg
     pages: PagesCfg
     codec: CodecCfg
@@ -190,6 +194,7 @@ class Profile:
     dequant: DequantCfg
     eval: EvalCfg = field(default_factory=EvalCfg)
     num_threads: int | None = None  # torch threads; None: leave torch's default
+    data_seed: int = 0  # the generated datasets (text lines, pages) derive from it: a training seed keeps the data
     variant: str = ""  # non-empty when amounts were overridden (see apply_overrides)
     overrides: str = ""  # those overrides as sorted JSON (recorded in every results.json of the variant)
 
@@ -250,7 +255,8 @@ def _smoke(device: str) -> Profile:
         textlogit=TextLogitCfg(kappas=(0.0, 0.1, 10.0), sweep_lambda_index=0, steps=3, batch_size=4,
                                 train_images=8),
         dequant=DequantCfg(steps=6, batch_size=8, ocr_guided_steps=3, ocr_guided_batch=4, eval_every=3,
-                           ablation_steps=3, checkpoint_every=4, guided_train_patches=8, curve_patches=3),
+                           ablation_steps=3, checkpoint_every=4, guided_train_patches=8, curve_patches=3,
+                           validation_patches=8),
         eval=EvalCfg(n_test=8, timing_images=4, timing_warmup=1, batch_size=8),
         num_threads=1,  # tiny tensors: one thread avoids OpenMP oversubscription
     )
@@ -276,7 +282,7 @@ def _cpu(device: str) -> Profile:
         # lr 3e-4 moved the J runs along the rate axis (BD-CER -12.2 % against -17.5 %)
         textlogit=TextLogitCfg(steps=120, batch_size=8, train_images=1600),
         dequant=DequantCfg(crop=64, batch_size=8, lr=1e-3, steps=2000, eval_every=250, ablation_steps=500,
-                           ocr_guided_steps=300, ocr_guided_batch=8, guided_train_patches=300),
+                           ocr_guided_steps=300, ocr_guided_batch=8, guided_train_patches=300, validation_patches=100),
         eval=EvalCfg(n_test=None, timing_images=50, timing_warmup=5),
         num_threads=2,
     )
@@ -300,7 +306,7 @@ def _paper(device: str) -> Profile:
         tfic=TficCfg(steps=20_000, batch_size=16),
         textlogit=TextLogitCfg(steps=20_000, batch_size=16),
         dequant=DequantCfg(crop=64, batch_size=64, steps=100_000, ocr_guided_steps=20_000,
-                           ocr_guided_batch=64, eval_every=5000),
+                           ocr_guided_batch=64, eval_every=5000, validation_patches=1000),
         eval=EvalCfg(n_test=None, timing_images=200, timing_warmup=10, batch_size=32),
     )
 
@@ -339,6 +345,7 @@ def dry_run_overrides(cfg: Profile) -> dict:
         "dequant.checkpoint_every": 2,
         "dequant.ocr_guided_steps": 3,
         "dequant.guided_train_patches": 8,
+        "dequant.validation_patches": 8,
         "dequant.curve_patches": 3,
         "eval.n_test": 8,
         "eval.timing_images": 4,
@@ -426,12 +433,27 @@ def _cuda_available() -> bool:
         return False
 
 
-def resolve(name: str | None = None, *, device: str | None = None) -> Profile:
+def with_seed(cfg: Profile, seed: int | None) -> Profile:
+    """``cfg`` with the training seed ``seed``: a variant ``seed<N>`` (own folder) unless it is the profile's own.
+
+    The datasets keep ``data_seed``, so every seed trains and is tested on the same data.
+    """
+    if seed is None or int(seed) == cfg.seed:
+        return cfg
+    changes = {"seed": int(seed)}
+    if not cfg.variant:
+        changes["variant"] = f"seed{int(seed)}"
+    return apply_overrides(cfg, changes)
+
+
+def resolve(name: str | None = None, *, device: str | None = None, seed: int | None = None) -> Profile:
     """Return the :class:`Profile` called ``name``.
 
     ``name`` defaults to ``$TFIC_PROFILE`` and then ``"auto"``: ``paper`` when
     CUDA is available, else ``cpu``.  ``$TFIC_OVERRIDES`` (JSON, see
-    :func:`apply_overrides`) changes amounts and makes the result a variant.  ``device`` defaults to ``cuda`` when
+    :func:`apply_overrides`) changes amounts and makes the result a variant;
+    so does a ``seed`` other than the profile's (:func:`with_seed`), every
+    notebook's ``SEED`` parameter.  ``device`` defaults to ``cuda`` when
     available, else ``cpu`` (the ``smoke`` profile also uses CUDA when present,
     so the GPU path is exercised by the same tests).
     """
@@ -449,7 +471,8 @@ def resolve(name: str | None = None, *, device: str | None = None) -> Profile:
         key = "paper" if cuda else "cpu"
     cfg = PROFILES[key](device)
     overrides = _env_overrides()
-    return cfg if overrides is None else apply_overrides(cfg, overrides)
+    cfg = cfg if overrides is None else apply_overrides(cfg, overrides)
+    return with_seed(cfg, seed)
 
 
 def repo_root() -> Path:

@@ -38,6 +38,7 @@ __all__ = [
     "load_dncnn",
     "pack_windows",
     "reassemble",
+    "receptive_radius",
     "restore",
     "run_windows",
     "uint8_stack",
@@ -146,9 +147,15 @@ class PatchCrops(torch.utils.data.Dataset):
     resumed run draws the same crops.  ``grid`` = 16 puts every crop on the
     JPEG block lattice (8×8 blocks at half resolution) of a patch whose
     origin lies on it; ``crop=None`` returns whole patches.
+
+    With ``jpeg=(factor, quality)`` (the degradation of
+    :func:`tficlib.data.pages.degrade`) each item also holds ``low``: the
+    low-resolution JPEG decode of its crop (the crop's ``1/factor`` scale, on
+    the JPEG's own 8×8 grid when ``grid`` is ``8·factor``), recomputed here
+    from the clean patches; the DCT loss on JPEG's grid compares with it.
     """
 
-    def __init__(self, dataset, crop: int | None = 48, grid: int = 16):
+    def __init__(self, dataset, crop: int | None = 48, grid: int = 16, jpeg: tuple[int, int] | None = None):
         self.clean = uint8_stack(dataset, "clean")
         self.degraded = uint8_stack(dataset, "degraded")
         if len(self.clean) == 0:
@@ -157,41 +164,79 @@ class PatchCrops(torch.utils.data.Dataset):
         if crop is not None and (crop > h or crop > w or crop <= 0):
             raise ValueError(f"crop {crop} does not fit {h}x{w} patches")
         self.crop, self.grid = crop, max(1, int(grid))
+        self.low, self.factor = None, 1
+        if jpeg is not None:
+            from .data import pages
+
+            self.factor, quality = int(jpeg[0]), int(jpeg[1])
+            step = 8 * self.factor
+            if self.grid % step or (crop is not None and crop % step) or h % step or w % step:
+                raise ValueError(f"the JPEG grid of a ×{self.factor} degradation needs crops, their lattice and the "
+                                 f"patches in multiples of {step} pixels (crop {crop}, grid {self.grid}, {h}x{w})")
+            lows = [pages.jpeg_low(c.permute(1, 2, 0).numpy(), self.factor, quality) for c in self.clean]
+            self.low = torch.from_numpy(np.stack(lows)).permute(0, 3, 1, 2).contiguous()
 
     def __len__(self) -> int:
         return len(self.clean)
 
     def __getitem__(self, index: int) -> dict:
         c, d = self.clean[index], self.degraded[index]
+        low = self.low[index] if self.low is not None else None
         if self.crop is not None:
             h, w = c.shape[-2:]
             ny, nx = (h - self.crop) // self.grid + 1, (w - self.crop) // self.grid + 1
             y = int(torch.randint(ny, ())) * self.grid
             x = int(torch.randint(nx, ())) * self.grid
             c, d = c[:, y:y + self.crop, x:x + self.crop], d[:, y:y + self.crop, x:x + self.crop]
-        return {"clean": c.float() / 255.0, "degraded": d.float() / 255.0}
+            if low is not None:
+                f, n = self.factor, self.crop // self.factor
+                low = low[:, y // f:y // f + n, x // f:x // f + n]
+        item = {"clean": c.float() / 255.0, "degraded": d.float() / 255.0}
+        if low is not None:
+            item["low"] = low.float() / 255.0
+        return item
 
 
 # =========================================================================== the OCR-guided chain (Sec. 4.5)
-def reassemble(x_tilde: torch.Tensor, patches: Sequence[torch.Tensor], boxes: Sequence[tuple]) -> torch.Tensor:
-    """x̂: D1's output with each refined word patch pasted back at its box (Sec. 4.5, last step).
+def reassemble(x_tilde: torch.Tensor, windows: Sequence[torch.Tensor], placements: Sequence[tuple]) -> torch.Tensor:
+    """x̂: D1's output with each refined word window blended back in (Sec. 4.5, last step), without seams.
 
-    ``x_tilde`` (3, H, W); ``patches[i]`` (3, y1−y0, x1−x0) for ``boxes[i]`` =
-    (x0, y0, x1, y1); a patch of another size is resized to its box
-    (bilinear).  Later boxes overwrite earlier ones where they overlap.
-    Differentiable with respect to the patches.
+    ``x_tilde`` (3, H, W); ``windows[i]`` (3, h, w) is the refined window of
+    ``placements[i]`` = ``(window, box)``, both (x0, y0, x1, y1) in image
+    pixels, the box inside the window.  Each window is weighted by α = 1 on
+    its word box, falling linearly to 0 across its margin, and
+    x̂ = x̃ + Σ_i α_i (y_i − x̃) / max(1, Σ_i α_i): the words are exactly
+    D2's, the margins fade into x̃ (no visible box edge), overlaps average.
+    Differentiable with respect to the windows.
     """
     if x_tilde.dim() != 3:
         raise ValueError(f"reassemble expects one image (3, H, W), got {tuple(x_tilde.shape)}")
-    if len(patches) != len(boxes):
-        raise ValueError(f"{len(patches)} patches for {len(boxes)} boxes")
-    out = x_tilde.clone()
-    for patch, (x0, y0, x1, y1) in zip(patches, boxes):
-        size = (y1 - y0, x1 - x0)
-        if tuple(patch.shape[-2:]) != size:
-            patch = F.interpolate(patch.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
-        out[:, y0:y1, x0:x1] = patch
-    return out
+    if len(windows) != len(placements):
+        raise ValueError(f"{len(windows)} windows for {len(placements)} placements")
+    h, w = x_tilde.shape[-2:]
+    delta = torch.zeros_like(x_tilde)
+    weight = x_tilde.new_zeros((1, h, w))
+    for y, ((wx0, wy0, wx1, wy1), (bx0, by0, bx1, by1)) in zip(windows, placements):
+        if tuple(y.shape[-2:]) != (wy1 - wy0, wx1 - wx0):
+            raise ValueError(f"a window of {tuple(y.shape[-2:])} does not fit its place {(wx0, wy0, wx1, wy1)}")
+        alpha = _feather(wy1 - wy0, wx1 - wx0, (bx0 - wx0, by0 - wy0, bx1 - wx0, by1 - wy0), x_tilde)
+        delta[:, wy0:wy1, wx0:wx1] = delta[:, wy0:wy1, wx0:wx1] + alpha * (y - x_tilde[:, wy0:wy1, wx0:wx1])
+        weight[:, wy0:wy1, wx0:wx1] = weight[:, wy0:wy1, wx0:wx1] + alpha
+    return x_tilde + delta / weight.clamp(min=1.0)
+
+
+def _feather(h: int, w: int, box: tuple, like: torch.Tensor) -> torch.Tensor:
+    """(1, h, w): 1 on ``box`` (window coordinates), a linear ramp to 0 at the window's edge outside it."""
+    x0, y0, x1, y1 = box
+    ys = torch.arange(h, dtype=like.dtype, device=like.device)
+    xs = torch.arange(w, dtype=like.dtype, device=like.device)
+
+    def ramp(t, lo, hi, size):
+        before = torch.clamp((t + 1) / (lo + 1), max=1.0) if lo > 0 else torch.ones_like(t)
+        after = torch.clamp((size - t) / (size - hi + 1), max=1.0) if hi < size else torch.ones_like(t)
+        return torch.minimum(before, after)
+
+    return (ramp(ys, y0, y1, h)[:, None] * ramp(xs, x0, x1, w)[None, :])[None]
 
 
 def _window(box, margin: int, h: int, w: int) -> tuple[int, int, int, int]:
@@ -259,26 +304,36 @@ def run_windows(model: DnCNN, windows: Sequence[torch.Tensor], max_waste: float 
     return out
 
 
+def receptive_radius(model: DnCNN) -> int:
+    """Pixels on each side that a DnCNN output pixel depends on: one per 3×3 convolution (D)."""
+    return int(model.depth)
+
+
 class OCRGuidedChain(nn.Module):
     """The OCR-guided dequantizer of Sec. 4.5 / Fig. 8.
 
     ``d1`` (frozen) gives x̃ = D1(x); CRAFT (``ocr.detect_boxes``, frozen) finds
-    the word boxes on x̃; ``d2`` (trainable) refines each word patch x̃_p at
-    native resolution with ``margin`` pixels of context: x̂_p = D2(x̃_p);
-    :func:`reassemble` pastes the x̂_p back into x̃.  D2's BatchNorm uses D1's
-    running statistics (always eval mode).
+    the word boxes on x̃; ``d2`` (trainable) refines each word in its window
+    (the box plus ``margin`` pixels of context); the frozen recognizer reads
+    each refined word (:meth:`read`, the chain's own output) and
+    :func:`reassemble` blends the words back into x̃ for the restored image.
+    D2's BatchNorm uses D1's running statistics (always eval mode).
 
     Unless ``d2`` is given, D2 starts from D1's weights (Sec. 4.5: "starting
     from the pretrained DnCNN").  ``init`` says how:
 
-    * ``"identity"`` (default): D1's weights with the last convolution of the
-      residual branch set to zero, so that D2 starts as the identity and
-      x̂ = x̃ before training — the OCR loss can only move it from D1's result;
-    * ``"d1"``: D1 exactly, so that D2 re-applies the dequantizer to an image
-      it has already dequantized (x̂_p = D1(D1(x))_p before training).
+    * ``"identity"``: D1's weights with the last convolution of the residual
+      branch set to zero, so D2 starts as the identity on x̃'s windows;
+    * ``"d1"``: D1 exactly, on x̃'s windows (D1 applied a second time);
+    * ``"d1_degraded"``: D1 exactly, on the *degraded* input's windows, with a
+      margin of at least D1's receptive field: before training D2 gives D1's
+      output at every word (x̂_p = D1(x)_p), and it learns from the original
+      input rather than from D1's result.
+
+    :attr:`reads_degraded` tells which image D2's windows are cut from.
     """
 
-    INITS = ("identity", "d1")
+    INITS = ("identity", "d1", "d1_degraded")
 
     def __init__(self, d1: DnCNN, d2: DnCNN | None = None, margin: int = 8, detect_kwargs: dict | None = None,
                  init: str = "identity"):
@@ -297,48 +352,96 @@ class OCRGuidedChain(nn.Module):
         self.init = init
         for p in self.d2.parameters():
             p.requires_grad_(True)
-        self.margin = int(margin)
+        self.margin = max(int(margin), receptive_radius(d1)) if init == "d1_degraded" else int(margin)
         self.detect_kwargs = dict(detect_kwargs or {})
         self.train(False)
+
+    @property
+    def reads_degraded(self) -> bool:
+        """True when D2's windows are cut from the degraded input x (``init="d1_degraded"``), else from x̃."""
+        return self.init == "d1_degraded"
 
     def train(self, mode: bool = True) -> OCRGuidedChain:
         """D1 and D2 stay in eval mode (frozen D1; D2 keeps D1's BatchNorm statistics)."""
         super().train(False)
         return self
 
-    def refine(self, x_tilde: torch.Tensor, boxes: Sequence[tuple]) -> tuple[list, list]:
-        """D2 on the word patches of one image x̃ (3, H, W): returns (refined patches, boxes)."""
-        return self.refine_words([(x_tilde, b) for b in boxes]), list(boxes)
+    def windows(self, words: Sequence[tuple[torch.Tensor, tuple]], d2: DnCNN | None = None) -> list[tuple]:
+        """D2 on the window of each word: ``[(source (3, H, W), box)]`` -> ``[(refined window, (window, box))]``.
 
-    def refine_words(self, words: Sequence[tuple[torch.Tensor, tuple]], d2: DnCNN | None = None) -> list[torch.Tensor]:
-        """x̂_p = D2(x̃_p) for word boxes of any images: [(x̃ (3, H, W), box)] -> patches (3, y1−y0, x1−x0).
-
-        Each word is refined in its window (the box plus ``margin`` pixels of
-        context, cut at the image border) exactly as if alone
-        (:func:`run_windows`), in training and at test time alike.  ``d2``
-        (default ``self.d2``) is the network to run: the training loop passes
-        the module it trains.
+        The window is the box plus ``margin`` pixels of context, cut at the
+        image border; each is refined exactly as if alone (:func:`run_windows`),
+        in training and at test time alike.  ``d2`` (default ``self.d2``) is the
+        network to run: the training loop passes the module it trains.
         """
         wins, crops = [], []
-        for x_tilde, box in words:
-            h, w = x_tilde.shape[-2:]
+        for source, box in words:
+            h, w = source.shape[-2:]
             x0, y0, x1, y1 = win = _window(box, self.margin, h, w)
             wins.append(win)
-            crops.append(x_tilde[:, y0:y1, x0:x1])
+            crops.append(source[:, y0:y1, x0:x1])
         out = run_windows(self.d2 if d2 is None else d2, crops)
+        return [(o, (win, tuple(b))) for o, (_, b), win in zip(out, words, wins)]
+
+    def refine_words(self, words: Sequence[tuple[torch.Tensor, tuple]], d2: DnCNN | None = None) -> list[torch.Tensor]:
+        """x̂_p = D2(source_p) for word boxes of any images: [(source (3, H, W), box)] -> patches (3, y1−y0, x1−x0)."""
         return [o[:, b[1] - win[1]:b[3] - win[1], b[0] - win[0]:b[2] - win[0]]
-                for o, (_, b), win in zip(out, words, wins)]
+                for o, (win, b) in self.windows(words, d2)]
 
     def detect(self, x_tilde: torch.Tensor) -> list:
+        """CRAFT's word boxes on D1's output (frozen), in reading order."""
         return ocr.detect_boxes(x_tilde.detach().clamp(0, 1).cpu(), **self.detect_kwargs)
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, boxes: Sequence[Sequence[tuple]] | None = None, refine: bool = True) -> dict:
+        """The chain on degraded images x (B, 3, H, W): every intermediate, for reading and figures.
+
+        Returns ``x_tilde`` (D1's output), ``boxes`` (CRAFT on x̃, or the
+        given ones), ``words`` (per image, the word patches the recognizer
+        reads: D2's with ``refine``, else x̃'s at the same boxes) and
+        ``restored`` (x̂: the words blended into x̃, :func:`reassemble`).
+        All in [0, 1].
+        """
+        x_tilde = self.d1(x).clamp(0, 1)
+        boxes = [self.detect(xt) for xt in x_tilde] if boxes is None else [list(b) for b in boxes]
+        words, restored = [], []
+        for xi, xt, bs in zip(x, x_tilde, boxes):
+            if not refine or not bs:
+                words.append([xt[:, b[1]:b[3], b[0]:b[2]] for b in bs])
+                restored.append(xt)
+                continue
+            source = xi if self.reads_degraded else xt
+            refined = self.windows([(source, b) for b in bs])
+            words.append([o[:, b[1] - win[1]:b[3] - win[1], b[0] - win[0]:b[2] - win[0]].clamp(0, 1)
+                          for o, (win, b) in refined])
+            restored.append(reassemble(xt, [o for o, _ in refined], [p for _, p in refined]).clamp(0, 1))
+        return {"x_tilde": x_tilde, "boxes": boxes, "words": words, "restored": torch.stack(restored)}
+
+    @torch.no_grad()
+    def read(self, x: torch.Tensor, boxes: Sequence[Sequence[tuple]] | None = None, refine: bool = True) -> dict:
+        """The text at the end of the chain (Sec. 4.5): the frozen recognizer on each word, joined in reading order.
+
+        Each word patch (D2's, or D1's with ``refine=False``) is read as a
+        saved 8-bit image holds it, by the recognizer the chain is trained
+        through (greedy CTC decoding); the words of an image are joined in
+        CRAFT's reading order.  Returns :meth:`run`'s dict plus ``texts``
+        (one string per image) and ``word_texts``.
+        """
+        out = self.run(x, boxes, refine)
+        recognizer = ocr.get_recognizer(x.device)
+        word_texts = []
+        for words in out["words"]:
+            if not words:
+                word_texts.append([])
+                continue
+            crops = [ocr.crop_boxes(ocr.as_saved(p)[None], [[(0, 0, p.shape[-1], p.shape[-2])]])[0] for p in words]
+            logits = ocr.recognize_crops(crops, recognizer)
+            word_texts.append([ocr.greedy_decode(v[None])[0] for v in logits])
+        out["word_texts"] = word_texts
+        out["texts"] = [ocr.join_words(t) for t in word_texts]
+        return out
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, H, W) degraded -> x̂ (B, 3, H, W) in [0, 1]: D1, CRAFT, D2 per word, reassembly."""
-        x_tilde = self.d1(x).clamp(0, 1)
-        out = []
-        for xt in x_tilde:
-            boxes = self.detect(xt)
-            patches, boxes = self.refine(xt, boxes)
-            out.append(reassemble(xt, patches, boxes).clamp(0, 1))
-        return torch.stack(out)
+        return self.run(x)["restored"]

@@ -55,6 +55,8 @@ __all__ = [
     "evaluate_ocr",
     "evaluate_uncompressed",
     "gap_to_curve",
+    "judge",
+    "judged_table",
     "lowest_bpp_reaching",
     "model_path",
     "rate_for_accuracy",
@@ -67,7 +69,12 @@ __all__ = [
     "test_patches",
     "text_scores",
     "visual_comparison",
+    "without_evals",
 ]
+
+
+#: Bumped when what a stored evaluation holds changes, so that older ones are computed again.
+EVAL_VERSION = 2
 
 
 # =========================================================================== where things are
@@ -131,7 +138,7 @@ def signature(path: Path | None, labels: Sequence[str], stage: str | None = None
     the number of images, a CRC of their labels and, with ``engine``, that OCR engine's
     :meth:`~tficlib.ocr.engines.Engine.identity` (name, version, model hash); see
     :func:`tficlib.artifacts.cached_json`."""
-    sig = {"n": len(labels), "labels": _labels_crc(labels)}
+    sig = {"version": EVAL_VERSION, "n": len(labels), "labels": _labels_crc(labels)}
     if path is not None:
         sig = {"model_sha256": artifacts.sha256_file(artifacts.require(path, stage)), **sig}
     if engine is not None:
@@ -173,20 +180,22 @@ def read_in_chunks(reader: Callable, images, chunk: int = 16, desc: str | None =
 
 
 def text_scores(labels: Sequence[str], preds: Sequence[str]) -> dict:
-    """TFIC accuracy (case-sensitive and not) with its per-image values, and CER/WER on the whole text."""
+    """TFIC accuracy (case-sensitive and not) and CER/WER on the whole text, with their per-image values."""
     return {**metrics.text_metrics(labels, preds),
-            "per_image_accuracy": [metrics.accuracy(g, p) for g, p in zip(labels, preds)]}
+            "per_image_accuracy": [metrics.accuracy(g, p) for g, p in zip(labels, preds)],
+            "per_image_cer": [metrics.cer(g, p) for g, p in zip(labels, preds)],
+            "per_image_wer": [metrics.wer(g, p) for g, p in zip(labels, preds)]}
 
 
 def _engine(name: str | None, device) -> ocr.Engine:
     return ocr.get_engine(name or ocr.TRAINING_ENGINE, device)
 
 
-def evaluate_uncompressed(cfg, items, device, stage: str, engine: str | None = None) -> dict:
-    """OCR of the original test lines (the horizontal line of every rate figure), cached per engine."""
+def evaluate_uncompressed(cfg, items, device, stage: str, engine: str | None = None, split: str = "test") -> dict:
+    """OCR of the original test lines (the horizontal line of every rate figure), cached per engine and split."""
     eng = _engine(engine, device)
     labels = [lab for _, lab in items]
-    cache = cache_path(cfg, stage, "uncompressed", eng.name)
+    cache = cache_path(cfg, stage, "uncompressed" if split == "test" else f"uncompressed.{split}", eng.name)
     sig = signature(None, labels, engine=eng.name)
     data = artifacts.cached_json(cache, sig)
     if data is not None:
@@ -198,7 +207,7 @@ def evaluate_uncompressed(cfg, items, device, stage: str, engine: str | None = N
 
 
 def evaluate_model(cfg, path, items, device, stage: str | None = None, engine: str | None = None,
-                   refresh: bool = False, decoded=None) -> dict:
+                   refresh: bool = False, decoded=None, split: str = "test") -> dict:
     """Real-bitstream evaluation of a saved codec on ``items`` (list of (image, label)), read by ``engine``.
 
     Means over images: ``bpp`` (real bytes, header included), ``bpp_payload``
@@ -208,7 +217,8 @@ def evaluate_model(cfg, path, items, device, stage: str | None = None, engine: s
     (TFIC Sec. IV-A), ``cer`` / ``wer`` on the line, ``preds``; per-image
     lists for the bootstrap.  ``engine`` defaults to the training engine
     (EasyOCR).  Cached in ``<stage_dir>/eval/<engine>/<model stem>.json``
-    under :func:`signature`.  ``decoded``: the ``(codec evaluation,
+    (``<model stem>.<split>.json`` for another ``split`` than ``test``) under
+    :func:`signature`.  ``decoded``: the ``(codec evaluation,
     reconstructions)`` of :func:`decode`, when the caller has them already.
     """
     path = Path(path)
@@ -216,7 +226,7 @@ def evaluate_model(cfg, path, items, device, stage: str | None = None, engine: s
     eng = _engine(engine, device)
     labels = [lab for _, lab in items]
     sig = signature(path, labels, stage, eng.name)
-    cache = cache_path(cfg, stage, path.stem, eng.name)
+    cache = cache_path(cfg, stage, path.stem if split == "test" else f"{path.stem}.{split}", eng.name)
     data = None if refresh else artifacts.cached_json(cache, sig)
     if data is not None:
         return data
@@ -385,6 +395,69 @@ def bd_intervals(ref_evals: Sequence[dict], test_evals: Sequence[dict], keys: Se
             curves += [[e[f"per_image_{rate}"] for e in evals], [per_image(e) for e in evals]]
         out[key] = metrics.bd_bootstrap(fn, *curves, n_boot=n_boot, level=level, seed=seed, **options)
     return out
+
+
+# =========================================================================== judges
+def judge(cfg, curves: dict[str, Sequence[Path]], items, device, stage_of_uncompressed: str,
+          engines: Sequence[str] | None = None, comparisons: Sequence[tuple[str, str]] = (),
+          keys: Sequence[str] = ("bd_accuracy", "bd_rate_accuracy"), seed: int = 0, progress: bool = False,
+          split: str = "test") -> dict:
+    """Every curve read by every OCR engine: the codecs' rate–accuracy curves per judge, and BD values between them.
+
+    ``curves``: ``{method: [model paths by rate point]}``; ``items``: the test
+    ``(image, label)`` pairs; ``engines``: default every available engine
+    (:func:`tficlib.ocr.judges`; the training engine first).  For each engine:
+    ``uncompressed`` (its reading of the originals, cached under
+    ``stage_of_uncompressed``), ``curves`` (:func:`curve` entries),
+    ``evals`` (per-point evaluations, cached per engine), and for each
+    ``(reference, test)`` in ``comparisons`` the BD values ``keys`` on real
+    bytes (``bd``) and on the entropy-coded payload (``bd_payload``), with
+    paired-bootstrap intervals over the test items (``bd_ci``).  ``skipped``
+    names the engines that cannot run here.
+    """
+    names, skipped = ocr.judges(engines)
+    out: dict = {"engines": names, "skipped": skipped, "by_engine": {}}
+    for name in names:
+        entry: dict = {"uncompressed": {k: v for k, v in evaluate_uncompressed(cfg, items, device, stage_of_uncompressed,
+                                                                                 engine=name, split=split).items()
+                                        if k in ("accuracy", "accuracy_ci", "cer", "wer")},
+                       "curves": {}, "evals": {}, "bd": {}, "bd_payload": {}, "bd_ci": {}}
+        for method, paths in curves.items():
+            it = paths
+            if progress:
+                from tqdm.auto import tqdm
+
+                it = tqdm(list(paths), desc=f"{method}: decode + {name}", leave=False)
+            evals = [evaluate_model(cfg, p, items, device, engine=name, split=split) for p in it]
+            entry["evals"][method] = evals
+            entry["curves"][method] = curve(evals, f"{method}, read by {name}")
+        for ref, test in comparisons:
+            pair = f"{test} vs {ref}"
+            entry["bd"][pair] = bd_summary(entry["curves"][ref], entry["curves"][test], keys)
+            entry["bd_payload"][pair] = bd_summary(entry["curves"][ref], entry["curves"][test], keys, rate="bpp_payload")
+            entry["bd_ci"][pair] = bd_intervals(entry["evals"][ref], entry["evals"][test], keys,
+                                                n_boot=cfg.eval.bootstrap, seed=seed)
+        out["by_engine"][name] = entry
+    return out
+
+
+def judged_table(judged: dict, key: str = "bd_accuracy") -> list[dict]:
+    """One row per comparison, one column per engine: ``key`` with its interval (for a Markdown table)."""
+    rows: dict[str, dict] = {}
+    for name, entry in judged["by_engine"].items():
+        for pair, values in entry["bd"].items():
+            ci = entry["bd_ci"].get(pair, {}).get(key, {})
+            row = rows.setdefault(pair, {"comparison": pair})
+            row[name] = values.get(key)
+            row[f"{name} 95 % interval"] = None if ci.get("low") is None else f"{ci['low']:+.3f} to {ci['high']:+.3f}"
+            row[f"{name} (payload)"] = entry["bd_payload"][pair].get(key)
+    return list(rows.values())
+
+
+def without_evals(judged: dict) -> dict:
+    """:func:`judge`'s result without the per-point evaluations (for results.json)."""
+    return {**judged, "by_engine": {n: {k: v for k, v in e.items() if k != "evals"}
+                                    for n, e in judged["by_engine"].items()}}
 
 
 # =========================================================================== read-outs of one curve

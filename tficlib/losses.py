@@ -7,7 +7,7 @@
   loss of EasyOCR's frozen recognizer (:func:`ocr_loss`);
 * the text logit loss J(x, x̂) — Lai et al., Eq. 4 (:func:`text_logit_loss`);
 * the thresholded 8×8 DCT loss — Della Fiore et al., journal extension,
-  Sec. 4.4 (:func:`dct_loss`).
+  Sec. 4.4 (:func:`dct_loss`; on the JPEG's own blocks: :func:`dct_loss_jpeg_grid`).
 
 Training objectives (which terms, with which weights) are in
 :mod:`tficlib.objectives`.
@@ -203,3 +203,19 @@ def dct_loss(x: torch.Tensor, x_hat: torch.Tensor, tau: float = 0.5, scale: floa
         raise ValueError(f"τ must be >= 0, got {tau}")
     diff = dct2_blocks((x - x_hat) * scale)  # the DCT is linear: DCT(x_b) − DCT(x̂_b) = DCT(x_b − x̂_b)
     return torch.relu(diff.abs() - tau).mean()
+
+
+def dct_loss_jpeg_grid(x_low: torch.Tensor, x_hat: torch.Tensor, factor: int, tau: float = 0.5) -> torch.Tensor:
+    """L_DCT on the JPEG's own 8×8 blocks: :func:`dct_loss` of x̂ averaged over ``factor``×``factor`` pixels
+    against the low-resolution JPEG decode ``x_low`` (journal ext., Sec. 4.4 with Sec. 4.6's degradation).
+
+    The degraded input x_q is a ×``factor`` upsampled JPEG: its quantized
+    coefficients live on 8×8 blocks of the low-resolution image, i.e. on
+    (8·factor)² pixel blocks of x̂.  Pooling x̂ back to that resolution puts
+    every 8×8 DCT block of the loss on one JPEG block.
+    """
+    if x_hat.shape[-2] != x_low.shape[-2] * factor or x_hat.shape[-1] != x_low.shape[-1] * factor:
+        raise ValueError(f"x_hat {tuple(x_hat.shape[-2:])} is not {factor}x the low-resolution decode "
+                         f"{tuple(x_low.shape[-2:])}")
+    pooled = F.avg_pool2d(x_hat, factor) if factor > 1 else x_hat
+    return dct_loss(x_low, pooled, tau=tau)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import codec, metrics, ocr
-from .losses import dct_loss, distortion, ocr_loss, rate_bpp, text_logit_loss
+from .losses import dct_loss, dct_loss_jpeg_grid, distortion, ocr_loss, rate_bpp, text_logit_loss
 
 __all__ = [
     "Dequantization",
@@ -201,33 +201,51 @@ class TextLogit(Objective):
 
 @dataclass(frozen=True)
 class Dequantization(Objective):
-    """Journal Sec. 4.4: L = λ·MSE(x, x̂) + (1 − λ)·L_DCT(x_q, x̂), x̂ = DnCNN(x_q); batch = {clean, degraded}.
+    """Journal Sec. 4.4: L = λ·MSE(x, x̂) + (1 − λ)·L_DCT(x_q, x̂), x̂ = DnCNN(x_q); batch = {clean, degraded[, low]}.
 
     x = the clean patch, x_q = the quantized (degraded) input; L_DCT compares
     x̂ with x_q (the paper: "coherent with the quantized input in the
     frequency domain") on [0, 1] pixel values, τ = half a quantization step
-    of JPEG quality 1.  ``mse_weight`` = λ (λ = 1: MSE only).
+    of JPEG quality 1.  ``mse_weight`` = λ (λ = 1: MSE only).  ``jpeg_factor``
+    = f > 0 puts the DCT blocks on the JPEG's own grid
+    (:func:`tficlib.losses.dct_loss_jpeg_grid`: x̂ pooled f×f against the
+    batch's ``low``, the low-resolution JPEG decode); 0 compares 8×8 blocks
+    of the upsampled patch (the earlier reading).
     """
 
     mse_weight: float = 0.8
     tau: float = 0.5
+    jpeg_factor: int = 0
 
     def __post_init__(self):
         if not 0.0 <= self.mse_weight <= 1.0:
             raise ValueError(f"λ must be in [0, 1], got {self.mse_weight}")
+        if self.jpeg_factor < 0:
+            raise ValueError(f"jpeg_factor must be >= 0, got {self.jpeg_factor}")
 
     @property
     def name(self) -> str:
         return f"DnCNN λ={self.mse_weight:g}"
 
     def params(self) -> dict:
-        return {"objective": "dequant", "mse_weight": float(self.mse_weight), "tau": float(self.tau)}
+        params = {"objective": "dequant", "mse_weight": float(self.mse_weight), "tau": float(self.tau)}
+        if self.jpeg_factor:  # only then, so that the fingerprints of patch-grid runs stay what they were
+            params["dct_grid"] = f"jpeg x{self.jpeg_factor}"
+        return params
 
     def __call__(self, model, batch) -> dict:
         x, xq = batch["clean"], batch["degraded"]
         x_hat = model(xq)
         mse = F.mse_loss(x_hat, x)
-        dct = dct_loss(xq, x_hat, tau=self.tau) if self.mse_weight < 1.0 else x_hat.new_zeros(())
+        if self.mse_weight >= 1.0:
+            dct = x_hat.new_zeros(())
+        elif self.jpeg_factor:
+            if "low" not in batch:
+                raise ValueError("the DCT loss on JPEG's grid needs the low-resolution decodes: "
+                                 "PatchCrops(..., jpeg=(factor, quality))")
+            dct = dct_loss_jpeg_grid(batch["low"], x_hat, self.jpeg_factor, tau=self.tau)
+        else:
+            dct = dct_loss(xq, x_hat, tau=self.tau)
         loss = self.mse_weight * mse + (1.0 - self.mse_weight) * dct
         return {"loss": loss, "mse": mse, "dct": dct, "psnr": _psnr(x_hat, x)}
 
@@ -237,66 +255,78 @@ class OCRGuided(Objective):
     """Journal Sec. 4.5: L_OCR = E_p[CTC(OCR(D2(x̃_p)), G_p(x))]; the frozen recognizer reads each refined patch.
 
     Trains ``chain.d2`` (the model given to the loop); a batch is a list of
-    word items ``{index, box, label}`` into the cached D1 outputs
-    ``x_tilde_u8``.  Each refined patch is clipped to [0, 1] — what the
-    restored image holds at test time — and resized to the recognizer's
-    height (``ocr.crop_boxes``).
+    word items ``{index, box, label}`` into ``inputs_u8``, the images D2's
+    windows are cut from (D1's outputs x̃, or the degraded inputs when the
+    chain starts D2 as D1 on them: :attr:`~tficlib.dncnn.OCRGuidedChain.reads_degraded`).
+    Each refined patch is clipped to [0, 1] — what the restored image holds at
+    test time — and resized to the recognizer's height (``ocr.crop_boxes``).
 
-    Our deviations (None / 0 are the paper's): ``anchor`` = μ adds
-    μ·MSE(x̂_p, x_p) to the clean page at the same box (``clean_u8``,
-    aligned with ``x_tilde_u8``); ``ctc_cap`` = c caps each word's CTC per
-    character, L_OCR = E_p[min(ℓ_p, c)], so a word the recognizer cannot
-    read at all gives no gradient.  Logs the plain mean CTC (``ctc``) and
-    the share of capped words (``capped``).  D2 keeps D1's BatchNorm
-    statistics (eval mode) while its weights learn.
+    Our deviations (the paper's: ``ocr_weight`` 1, ``anchor`` 0, ``ctc_cap``
+    None): ``anchor`` = μ adds μ·MSE(x̂_p, x_p) to the clean page at the same
+    box (``clean_u8``, aligned with ``inputs_u8``); ``ctc_cap`` = c caps each
+    word's CTC per character, L_OCR = E_p[min(ℓ_p, c)], so a word the
+    recognizer cannot read at all gives no gradient; ``ocr_weight`` = 0 with
+    μ > 0 is the anchor-only control (the recognizer is not run).  Logs the
+    plain mean CTC (``ctc``) and the share of capped words (``capped``).  D2
+    keeps D1's BatchNorm statistics (eval mode) while its weights learn.
     """
 
     chain: Any = field(compare=False)
-    x_tilde_u8: torch.Tensor = field(compare=False, repr=False)
+    inputs_u8: torch.Tensor = field(compare=False, repr=False)
     clean_u8: torch.Tensor | None = field(default=None, compare=False, repr=False)
     anchor: float = 0.0
     ctc_cap: float | None = None
+    ocr_weight: float = 1.0
 
     def __post_init__(self):
         if self.anchor < 0:
             raise ValueError(f"the pixel anchor μ must be >= 0, got {self.anchor}")
         if self.ctc_cap is not None and not self.ctc_cap > 0:
             raise ValueError(f"the CTC cap must be > 0 (or None for no cap), got {self.ctc_cap}")
-        if self.anchor > 0 and (self.clean_u8 is None or self.clean_u8.shape != self.x_tilde_u8.shape):
+        if self.ocr_weight < 0 or (self.ocr_weight == 0 and self.anchor == 0):
+            raise ValueError(f"the OCR weight must be >= 0 and the loss not empty (OCR weight {self.ocr_weight}, "
+                             f"anchor {self.anchor})")
+        if self.anchor > 0 and (self.clean_u8 is None or self.clean_u8.shape != self.inputs_u8.shape):
             shape = None if self.clean_u8 is None else tuple(self.clean_u8.shape)
-            raise ValueError(f"a pixel anchor μ = {self.anchor:g} needs the clean patches aligned with x̃ "
-                             f"{tuple(self.x_tilde_u8.shape)}, got {shape}")
+            raise ValueError(f"a pixel anchor μ = {self.anchor:g} needs the clean patches aligned with the inputs "
+                             f"{tuple(self.inputs_u8.shape)}, got {shape}")
 
     @property
     def name(self) -> str:
-        return "OCR-guided D2"
+        return "OCR-guided D2" if self.ocr_weight else "D2, anchor only"
 
     def params(self) -> dict:
-        return {"objective": "ocr_guided", "margin": self.chain.margin, "init": self.chain.init,
-                "anchor": float(self.anchor), "clip": True,
-                "ctc_cap": None if self.ctc_cap is None else float(self.ctc_cap)}
+        params = {"objective": "ocr_guided", "margin": self.chain.margin, "init": self.chain.init,
+                  "anchor": float(self.anchor), "clip": True,
+                  "ctc_cap": None if self.ctc_cap is None else float(self.ctc_cap)}
+        if self.ocr_weight != 1.0:  # only then, so that the fingerprints of the OCR-guided runs stay what they were
+            params["ocr_weight"] = float(self.ocr_weight)
+        return params
 
     def set_mode(self, model) -> None:
         model.eval()  # D2 keeps D1's BatchNorm statistics; its weights still learn
 
     def __call__(self, model, batch) -> dict:
         device = next(model.parameters()).device
-        recognizer = ocr.get_recognizer(device)
-        crops, labels, errors = [], [], []
-        patches = self.chain.refine_words([(self.x_tilde_u8[item["index"]].to(device).float() / 255.0, item["box"])
+        patches = self.chain.refine_words([(self.inputs_u8[item["index"]].to(device).float() / 255.0, item["box"])
                                            for item in batch], d2=model)
-        for item, patch in zip(batch, patches):
-            h, w = patch.shape[-2:]
-            crops += ocr.crop_boxes(patch.clamp(0, 1).unsqueeze(0), [[(0, 0, w, h)]])
-            labels.append(item["label"])
-            if self.anchor > 0:
+        errors = []
+        if self.anchor > 0:
+            for item, patch in zip(batch, patches):
                 x0, y0, x1, y1 = item["box"]
                 clean = self.clean_u8[item["index"], :, y0:y1, x0:x1].to(device).float() / 255.0
                 errors.append(F.mse_loss(patch, clean))
-        logits = recognizer(ocr.pad_crops(crops))
-        per_char = ocr.ctc_loss(logits, labels, reduction="per_char")
+        mse = torch.stack(errors).mean() if errors else patches[0].new_zeros(())
+        if not self.ocr_weight:
+            zero = mse.new_zeros(())
+            return {"loss": self.anchor * mse, "ctc": zero, "mse": mse, "capped": zero}
+        crops = []
+        for patch in patches:
+            h, w = patch.shape[-2:]
+            crops += ocr.crop_boxes(patch.clamp(0, 1).unsqueeze(0), [[(0, 0, w, h)]])
+        logits = ocr.get_recognizer(device)(ocr.pad_crops(crops))
+        per_char = ocr.ctc_loss(logits, [item["label"] for item in batch], reduction="per_char")
         ctc = per_char.mean()  # = ocr.ctc_loss(logits, labels), torch's "mean"
         ocr_term = ctc if self.ctc_cap is None else per_char.clamp(max=self.ctc_cap).mean()
         capped = (per_char.detach() > self.ctc_cap).float().mean() if self.ctc_cap is not None else ctc.new_zeros(())
-        mse = torch.stack(errors).mean() if errors else ctc.new_zeros(())
-        return {"loss": ocr_term + self.anchor * mse, "ctc": ctc, "mse": mse, "capped": capped}
+        return {"loss": self.ocr_weight * ocr_term + self.anchor * mse, "ctc": ctc, "mse": mse, "capped": capped}

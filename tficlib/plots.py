@@ -27,6 +27,7 @@ __all__ = [
     "METHOD_LABELS",
     "METRIC_LABELS",
     "image_grid",
+    "per_engine",
     "rate_curves",
     "save_figure",
     "training_curves",
@@ -46,12 +47,17 @@ METHOD_LABELS = {
     "clean": "clean",
     "dncnn": "DnCNN",
     "ocr_guided": "OCR-guided",
+    "reference": "reference (κ = 0)",
+    "tfic_robust": "TFIC, robust (ours)",
+    "anchor_only": "D2, anchor only",
+    "plain_ctc": "D2, plain CTC",
 }
 
 #: Axis labels for the metric keys of results.json.
 METRIC_LABELS = {
     "bpp": "rate (bpp, real bytes)",
     "bpp_estimated": "rate (bpp, estimated)",
+    "bpp_payload": "rate (bpp, entropy-coded payload)",
     "accuracy": "OCR accuracy",
     "accuracy_ci": "OCR accuracy (case-insensitive)",
     "cer": "CER",
@@ -190,6 +196,31 @@ def rate_curves(ax, methods: Mapping[str, Mapping], metric: str = "accuracy", x:
     if legend and drawn:
         ax.legend(fontsize=8)
     return drawn
+
+
+def per_engine(by_engine: Mapping[str, Mapping], metric: str = "accuracy", x: str = "bpp",
+               labels: Mapping[str, str] | None = None, styles: Mapping[str, Mapping] | None = None,
+               logx: bool = True, title: str = ""):
+    """One rate–``metric`` panel per OCR engine: ``by_engine[engine] = {"curves": methods, "uncompressed": {...}}``.
+
+    The same codecs read by each engine side by side (the engine the codecs
+    were trained against first); returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(by_engine)
+    if not names:
+        raise ValueError("per_engine: no engine to draw")
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.9), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        entry = by_engine[name]
+        methods = {"uncompressed": entry.get("uncompressed", {}), **entry["curves"]}
+        rate_curves(ax, methods, metric=metric, x=x, labels=labels, styles=styles, logx=logx,
+                    title=f"read by {name}")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def training_curves(log_records, keys: Sequence[str], x: str = "step", logy: Sequence[str] = (),

@@ -10,6 +10,7 @@ the full schedules would train on this machine (:func:`schedule_estimate`).
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config
+from .artifacts import NOTEBOOKS as NOTEBOOK_STAGES
 from .artifacts import ArtifactError, read_json, write_json
 
 __all__ = ["NotebookFailed", "list_notebooks", "run_pipeline", "schedule_estimate"]
@@ -127,20 +129,62 @@ def schedule_estimate(data_dir: str | os.PathLike, cfg) -> dict:
             "hours": {k: round(v, 2) for k, v in sorted(hours.items())}, "runs": runs}
 
 
+#: The profile sections (dotted-key prefixes) each stage's results depend on, with the stages it reads.
+STAGE_SECTIONS = {
+    "00_dataset": ({"textlines", "pages", "data_seed"}, ()),
+    "01_mse_pretraining": ({"codec"}, ("00_dataset",)),
+    "02_tfic_ocr_finetuning": ({"tfic"}, ("00_dataset", "01_mse_pretraining")),
+    "03_text_logit_training": ({"textlogit"}, ("00_dataset", "01_mse_pretraining")),
+    "04_dncnn_dequantization": ({"dequant"}, ("00_dataset",)),
+    "05_ocr_guided_refinement": ({"dequant"}, ("00_dataset", "04_dncnn_dequantization")),
+}
+
+
+def _untouched(stage: str, changed: set[str]) -> bool:
+    """True when no changed section concerns ``stage`` or a stage it reads (``eval`` concerns every stage)."""
+    own, deps = STAGE_SECTIONS.get(stage, (set(), ()))
+    return not (own & changed or "eval" in changed) and all(_untouched(d, changed) for d in deps)
+
+
+def link_earlier_stages(cfg, first_stage: str, log=print) -> dict[str, str]:
+    """For a variant that starts at ``first_stage``: hard-link the earlier stages' folders from the profile's own.
+
+    Only stages the variant's settings do not concern (:data:`STAGE_SECTIONS`;
+    a training ``seed`` concerns only the stages that run) and that the
+    variant's folder lacks.  Returns ``{stage: source folder}``.
+    """
+    import shutil
+
+    if not cfg.variant or first_stage not in NOTEBOOK_STAGES:
+        return {}
+    changed = {k.split(".")[0] for k in json.loads(cfg.overrides or "{}")} - {"seed", "variant"}
+    base = cfg.data_dir.parent / cfg.name
+    linked = {}
+    for stage in list(STAGE_SECTIONS)[:list(NOTEBOOK_STAGES).index(first_stage)]:
+        src, dst = base / stage, cfg.stage_dir(stage)
+        if dst.exists() or not src.exists() or not _untouched(stage, changed):
+            continue
+        shutil.copytree(src, dst, copy_function=os.link)
+        linked[stage] = str(src)
+        log(f"tficlib: {stage} of the variant linked from {src} (its settings are the profile's)")
+    return linked
+
+
 def run_pipeline(profile: str = "auto", first: str | None = None, last: str | None = None,
                  log=print, extra_parameters: dict | None = None, overrides: dict | None = None,
-                 dry_run: bool = False) -> list[NotebookRun]:
+                 dry_run: bool = False, seed: int | None = None) -> list[NotebookRun]:
     """Execute the notebooks ``first``..``last`` with papermill in ``profile``.
 
-    ``overrides`` (dotted keys, :func:`tficlib.config.apply_overrides`) and
-    ``dry_run`` (:func:`tficlib.config.dry_run_overrides`, applied first) make
+    ``overrides`` (dotted keys, :func:`tficlib.config.apply_overrides`),
+    ``dry_run`` (:func:`tficlib.config.dry_run_overrides`, applied first) and
+    a training ``seed`` other than the profile's (variant ``seed<N>``) make
     the run a variant: the notebooks get them through ``$TFIC_OVERRIDES`` and
-    write to ``data/<profile>-<variant>/``.
+    write to ``data/<profile>-<variant>/``.  A variant that starts after 00
+    takes the earlier stages its settings do not concern from the profile's
+    own folder (:func:`link_earlier_stages`).
     Returns one :class:`NotebookRun` per notebook; raises :class:`NotebookFailed`
     at the first failure.  Timings are merged into ``timings.json`` in ``cfg.data_dir``.
     """
-    import json
-
     import papermill
 
     cfg = config.resolve(profile)  # with $TFIC_OVERRIDES, if set
@@ -149,7 +193,10 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     changes = {**(config.dry_run_overrides(cfg) if dry_run else {}), **(overrides or {})}
     if changes:
         cfg = config.apply_overrides(cfg, changes)  # checked here, before any notebook starts
+    cfg = config.with_seed(cfg, seed)
+    full = config.with_seed(full, seed)
     notebooks = list_notebooks(first, last)
+    link_earlier_stages(cfg, notebooks[0].stem, log=log)
     executed_dir = cfg.data_dir / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
     timings_path = cfg.data_dir / "timings.json"

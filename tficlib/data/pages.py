@@ -167,7 +167,7 @@ def _seed(seed: int, *parts) -> int:
 
 
 def render_page(cfg, index: int) -> Page:
-    """Render page ``index`` of the profile (deterministic from ``cfg.seed``).
+    """Render page ``index`` of the profile (deterministic from ``cfg.data_seed``).
 
     Black prose on white, ``cfg.pages.font_size`` px, one line slot every
     ``patch_height // 2`` pixels, text drawn word by word with PIL; each
@@ -176,7 +176,7 @@ def render_page(cfg, index: int) -> Page:
     characters), widened to whole pixels.
     """
     p = cfg.pages
-    rng = random.Random(_seed(cfg.seed, "page", index))
+    rng = random.Random(_seed(cfg.data_seed, "page", index))
     font_name = list(FONTS)[rng.randrange(len(FONTS))]
     font = ImageFont.truetype(str(font_file(font_name)), p.font_size)
     pitch = p.patch_height // 2
@@ -269,7 +269,7 @@ def select_patches(cfg, page: Page, index: int) -> list[tuple[int, int, int, int
     its ground truth.
     """
     p = cfg.pages
-    rng = random.Random(_seed(cfg.seed, "patches", index))
+    rng = random.Random(_seed(cfg.data_seed, "patches", index))
     tops = list(range(max(1, len(page.slots) - 1)))
     candidates: dict[int, np.ndarray] = {}
     chosen: list[tuple[int, int, int, int]] = []
@@ -307,7 +307,7 @@ def split_pages(cfg) -> dict[str, list[int]]:
     """Page indices of each split: a seeded permutation, ``train_fraction`` of pages for training."""
     n = cfg.pages.n_pages
     order = list(range(n))
-    random.Random(_seed(cfg.seed, "split")).shuffle(order)
+    random.Random(_seed(cfg.data_seed, "split")).shuffle(order)
     n_train = int(round(cfg.pages.train_fraction * n))
     if n >= 2:
         n_train = min(max(n_train, 1), n - 1)
@@ -367,7 +367,7 @@ def manifest_path(cfg, split: str) -> Path:
 
 def _header(cfg, split: str) -> dict:
     p = cfg.pages
-    return {"format": FORMAT, "split": split, "seed": cfg.seed, "n_pages": p.n_pages,
+    return {"format": FORMAT, "split": split, "seed": cfg.data_seed, "n_pages": p.n_pages,
             "pages": split_pages(cfg)[split], "font_size": p.font_size, "downsample": p.downsample,
             "jpeg_quality": p.jpeg_quality, "patch_height": p.patch_height,
             "patch_width": p.patch_width, "patches_per_page": p.patches_per_page,

@@ -23,6 +23,13 @@ canvas: on 256x512 lines that read falls to about 0.53, see ``tficlib.config``):
   random position on a background rendered for the full canvas.  Never stretched:
   stretching a line to 256x512 halves EasyOCR's accuracy.
 
+A third split, ``unseen`` (``cfg.textlines.n_unseen`` lines), holds text no
+training split has: fonts of other families (:data:`UNSEEN_FONTS`: Raleway and
+Caviar Dreams from trdg's folder, DejaVu Sans Mono from matplotlib; neither the
+text lines nor the pages use them) and words from another source (the prose of
+Python's documentation, :func:`tficlib.data.pages.prose_paragraphs`, instead of
+trdg's dictionary).  It tests whether a codec's gain holds for text it never saw.
+
 Every image is drawn from its own seed (:func:`item_seed` of the profile seed,
 split and index), so generation is byte-reproducible and independent per image.
 Files: ``data/<profile>/00_dataset/textlines/<split>/NNNNNN.png`` and a
@@ -49,6 +56,8 @@ __all__ = [
     "BACKGROUNDS",
     "FONTS",
     "SPLITS",
+    "UNSEEN_FONTS",
+    "WORD_SOURCES",
     "TextLineDataset",
     "charset",
     "font_covers",
@@ -58,6 +67,7 @@ __all__ = [
     "load_split",
     "loader",
     "make_label",
+    "make_unseen_label",
     "manifest_path",
     "render_line",
     "split_dir",
@@ -65,7 +75,7 @@ __all__ = [
 
 STAGE = "00_dataset"
 FORMAT = "tficlib-textlines-1"  # bump when the generation changes: older datasets are then regenerated
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "unseen")
 
 #: readable faces from trdg/fonts/latin (regular, medium, bold and a few italics)
 FONTS = (
@@ -91,6 +101,19 @@ FONTS = (
     "Sansation-Bold.ttf",
 )
 
+#: Fonts of the ``unseen`` split: name -> (package that ships it, path in its data); families no training split uses.
+UNSEEN_FONTS = {
+    "Raleway-Regular.ttf": ("trdg", "fonts/latin/Raleway-Regular.ttf"),
+    "Raleway-SemiBold.ttf": ("trdg", "fonts/latin/Raleway-SemiBold.ttf"),
+    "CaviarDreams.ttf": ("trdg", "fonts/latin/CaviarDreams.ttf"),
+    "DejaVuSansMono.ttf": ("matplotlib", "fonts/ttf/DejaVuSansMono.ttf"),
+    "DejaVuSansMono-Bold.ttf": ("matplotlib", "fonts/ttf/DejaVuSansMono-Bold.ttf"),
+}
+#: Where the words of each split come from (recorded in the manifests).
+WORD_SOURCES = {"train": "trdg's English dictionary (75 %) and random strings (25 %)",
+                "test": "trdg's English dictionary (75 %) and random strings (25 %)",
+                "unseen": "the prose of Python's documentation (pydoc_data.topics)"}
+
 #: background name -> trdg's background_type
 BACKGROUNDS = {"gaussian": 0, "uniform": 1, "quasicrystal": 2}
 
@@ -115,7 +138,19 @@ def _trdg_dir() -> Path:
 
 
 def font_path(name: str) -> Path:
-    """Absolute path of a font of trdg's latin folder."""
+    """Absolute path of a font of trdg's latin folder, or one of :data:`UNSEEN_FONTS`."""
+    if name in UNSEEN_FONTS:
+        package, rel = UNSEEN_FONTS[name]
+        if package == "matplotlib":
+            import matplotlib
+
+            base = Path(matplotlib.get_data_path())
+        else:
+            base = _trdg_dir()
+        path = base / rel
+        if not path.exists():
+            raise FileNotFoundError(f"font {name!r} not found at {path}")
+        return path
     path = _trdg_dir() / "fonts" / "latin" / name
     if not path.exists():
         raise FileNotFoundError(f"font {name!r} is not in {path.parent} (is trdg 1.8 installed?)")
@@ -130,14 +165,39 @@ def font_covers(path: str | Path, chars: str) -> str:
     return "".join(c for c in chars if c != " " and ord(c) not in cmap)
 
 
-@lru_cache(maxsize=1)
-def _checked_fonts() -> tuple[str, ...]:
+@lru_cache(maxsize=2)
+def _checked_fonts(split: str = "train") -> tuple[str, ...]:
     chars = charset()
-    for name in FONTS:
+    fonts = tuple(UNSEEN_FONTS) if split == "unseen" else FONTS
+    for name in fonts:
         missing = font_covers(font_path(name), chars)
         if missing:
-            raise ValueError(f"font {name} cannot render {missing!r}; remove it from FONTS")
-    return FONTS
+            raise ValueError(f"font {name} cannot render {missing!r}; remove it from its list")
+    return fonts
+
+
+@lru_cache(maxsize=1)
+def _prose_words() -> tuple[str, ...]:
+    """The words of Python's documentation prose (the page dataset's text), kept if the recognizer can spell them."""
+    import re
+
+    from tficlib.data.pages import prose_paragraphs
+
+    word = re.compile(r"^[A-Za-z]+(?:['-][A-Za-z]+)*$")  # prose words, not code tokens
+    words = {w.strip(".,;:()[]\"'!?") for para in prose_paragraphs() for w in para.split()}
+    return tuple(sorted(w for w in words if 2 <= len(w) <= 14 and word.match(w)))
+
+
+def make_unseen_label(rng: random.Random, max_chars: int) -> str:
+    """1-4 words of Python's documentation prose, at most ``max_chars`` characters."""
+    words_ = _prose_words()
+    words: list[str] = []
+    for _ in range(rng.randint(1, 4)):
+        word = words_[rng.randrange(len(words_))]
+        if words and len(" ".join(words + [word])) > max_chars:
+            break
+        words.append(word)
+    return " ".join(words)[:max_chars].strip()
 
 
 @lru_cache(maxsize=1)
@@ -283,10 +343,11 @@ def render_line(label: str, font: str, background: str, height: int, width: int,
 
 
 def _item(cfg, split: str, index: int) -> tuple[Image.Image, dict]:
-    seed = item_seed(cfg.seed, split, index)
+    seed = item_seed(cfg.data_seed, split, index)
     rng = random.Random(seed ^ 0x5EED)
-    label = make_label(rng, cfg.textlines.max_chars)
-    fonts = _checked_fonts()
+    make = make_unseen_label if split == "unseen" else make_label
+    label = make(rng, cfg.textlines.max_chars)
+    fonts = _checked_fonts(split)
     font = fonts[rng.randrange(len(fonts))]
     background = list(BACKGROUNDS)[rng.randrange(len(BACKGROUNDS))]
     image = render_line(label, font, background, cfg.textlines.height, cfg.textlines.width, seed)
@@ -310,13 +371,18 @@ def _check_split(split: str) -> None:
 
 
 def _split_size(cfg, split: str) -> int:
-    return cfg.textlines.n_train if split == "train" else cfg.textlines.n_test
+    t = cfg.textlines
+    return {"train": t.n_train, "test": t.n_test, "unseen": t.n_unseen or t.n_test}[split]
 
 
 def _expected_header(cfg, split: str) -> dict:
     t = cfg.textlines
-    return {"format": FORMAT, "split": split, "seed": cfg.seed, "count": _split_size(cfg, split),
-            "height": t.height, "width": t.width, "max_chars": t.max_chars, "fonts": list(FONTS)}
+    header = {"format": FORMAT, "split": split, "seed": cfg.data_seed, "count": _split_size(cfg, split),
+              "height": t.height, "width": t.width, "max_chars": t.max_chars,
+              "fonts": list(UNSEEN_FONTS) if split == "unseen" else list(FONTS)}
+    if split == "unseen":
+        header["words"] = WORD_SOURCES[split]
+    return header
 
 
 def _entries(manifest: dict):
@@ -329,7 +395,7 @@ def _valid_manifest(cfg, split: str) -> bool:
 
 
 def generate(cfg, force: bool = False, progress: bool = True) -> dict[str, Path]:
-    """Generate both splits for ``cfg`` (skipped where a complete, valid manifest exists).
+    """Generate every split for ``cfg`` (skipped where a complete, valid manifest exists).
 
     Returns ``{split: manifest path}``.  Each image is written atomically; the
     manifest is written last, so an interrupted run is simply redone.
