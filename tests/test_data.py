@@ -52,10 +52,12 @@ def test_textlines_deterministic_and_loadable(tiny, tmp_path, monkeypatch):
     assert images.shape == (2, 3, tiny.textlines.height, tiny.textlines.width) and len(labels) == 2
 
 
-def test_textlines_other_seed_differs(tiny):
+def test_textlines_follow_data_seed_not_training_seed(tiny):
     a = textlines._item(tiny, "train", 0)
-    b = textlines._item(tiny.with_overrides(seed=1), "train", 0)
-    assert a[1] != b[1] or not np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    same = textlines._item(tiny.with_overrides(seed=1), "train", 0)
+    other = textlines._item(tiny.with_overrides(data_seed=1), "train", 0)
+    assert a[1] == same[1] and np.array_equal(np.asarray(a[0]), np.asarray(same[0]))
+    assert a[1] != other[1] or not np.array_equal(np.asarray(a[0]), np.asarray(other[0]))
 
 
 def test_textlines_manifest_integrity(tiny):

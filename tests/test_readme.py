@@ -35,3 +35,12 @@ def test_readme_names_the_two_commands():
     assert "make reproduce" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_the_timing_table_is_made_from_docs_timings_json():
+    from tficlib import runner
+
+    readme = (ROOT / "README.md").read_text()
+    table = runner.timing_table()
+    assert table in readme, "README's timing table differs from docs/timings.json: paste runner.timing_table()"
+    assert runner.expected_minutes("cpu", ["00_dataset", "01_mse_pretraining"]) > 0

@@ -90,6 +90,11 @@ def train_stage(prefix: str, profile: str | None = None, overrides: dict | None 
     cfg = config.with_seed(cfg, seed)
     ctx = distributed.init_from_env(cfg.device)
     try:
+        if ctx.rank == 0:
+            from .runner import link_earlier_stages
+
+            link_earlier_stages(cfg, stage, log=log)  # a variant takes the stages it does not retrain from the profile
+        distributed.barrier()
         device = config.setup(cfg)
         if ctx.rank == 0:
             where = f"{ctx.world} processes ({'NCCL' if device.type == 'cuda' else 'gloo'})" if ctx.distributed \

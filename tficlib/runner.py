@@ -170,6 +170,39 @@ def link_earlier_stages(cfg, first_stage: str, log=print) -> dict[str, str]:
     return linked
 
 
+#: Where the measured (cpu) and estimated (paper) minutes per notebook live: the README's table is made from it.
+EXPECTED_SOURCE = "docs/timings.json"
+
+
+def expected_minutes(profile: str, stages) -> float | None:
+    """Minutes the notebooks ``stages`` took (``cpu``) or are estimated to take (``paper``), from docs/timings.json."""
+    path = config.repo_root() / EXPECTED_SOURCE
+    if not path.exists():
+        return None
+    table = json.loads(path.read_text()).get(profile, {}).get("minutes", {})
+    values = [table.get(s) for s in stages]
+    return sum(values) if values and all(isinstance(v, (int, float)) for v in values) else None
+
+
+def timing_table() -> str:
+    """The README's table of minutes per notebook and profile, made from docs/timings.json (one place for those numbers)."""
+    data = json.loads((config.repo_root() / EXPECTED_SOURCE).read_text())
+    stages = list(NOTEBOOK_STAGES)
+    head = "| profile | " + " | ".join(s[:2] for s in stages) + " | total | how |"
+    rows = [head, "| " + " | ".join("---" for _ in range(len(stages) + 3)) + " |"]
+    for profile, entry in data.items():
+        minutes = entry["minutes"]
+        cells = [f"{minutes[s]:.1f}" if isinstance(minutes.get(s), (int, float)) else "–" for s in stages]
+        total = sum(v for v in minutes.values() if isinstance(v, (int, float)))
+        total_cell = f"{total:.0f}" if total < 120 else f"{total / 60:.1f} h"
+        rows.append(f"| `{profile}` | " + " | ".join(cells) + f" | {total_cell} | {entry['how']} |")
+    return "\n".join(rows)
+
+
+def _duration(minutes: float) -> str:
+    return f"about {minutes:.0f} min" if minutes < 120 else f"about {minutes / 60:.1f} h"
+
+
 def run_pipeline(profile: str = "auto", first: str | None = None, last: str | None = None,
                  log=print, extra_parameters: dict | None = None, overrides: dict | None = None,
                  dry_run: bool = False, seed: int | None = None) -> list[NotebookRun]:
@@ -210,7 +243,14 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
         os.environ.pop(config.OVERRIDES_ENV, None)
     runs: list[NotebookRun] = []
     variant = f" (variant {cfg.variant!r}, data in {cfg.data_dir})" if cfg.variant else ""
-    log(f"tficlib: running {len(notebooks)} notebook(s) in profile {cfg.name!r} on {cfg.device}{variant}")
+    chosen = ""
+    if str(profile or os.environ.get("TFIC_PROFILE", "auto")).lower() == "auto":
+        chosen = " (auto: CUDA found)" if cfg.name == "paper" else " (auto: no CUDA GPU found)"
+    log(f"tficlib: running {len(notebooks)} notebook(s) in profile {cfg.name!r}{chosen} on {cfg.device}{variant}")
+    expected = expected_minutes(cfg.name, [nb.stem for nb in notebooks])
+    if expected and not dry_run and not cfg.variant:
+        log(f"tficlib: expected time {_duration(expected)} ({EXPECTED_SOURCE}); interrupt now (Ctrl-C) to "
+            f"choose another profile, e.g. make reproduce PROFILE=cpu")
     try:
         for i, nb in enumerate(notebooks, 1):
             out = executed_dir / nb.name
