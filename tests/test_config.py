@@ -87,6 +87,22 @@ def test_setup_seeds_torch():
     assert torch.equal(a, torch.rand(3))
 
 
+def test_setup_shares_the_threads_among_torchrun_processes(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    cfg = config.resolve("cpu", device="cpu")
+    try:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        config.setup(cfg)
+        assert torch.get_num_threads() == max(1, cfg.num_threads // 2)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+        config.setup(cfg)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_overrides_make_a_variant_with_its_own_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("TFIC_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("TFIC_FIGURES", str(tmp_path / "figures"))

@@ -153,3 +153,12 @@ def test_a_seed_variant_links_the_earlier_stages_it_does_not_retrain(tmp_path, m
     changed = config.apply_overrides(base, {"variant": "other", "codec.lambdas": [0.01]})
     assert set(runner.link_earlier_stages(changed, "02_tfic_ocr_finetuning", log=lambda *a: None)) == {"00_dataset"}
     assert runner.link_earlier_stages(base, "02_tfic_ocr_finetuning") == {}  # the profile itself links nothing
+    # D2's own settings leave D1 (04) as it is; D1's settings do not
+    (base.stage_dir("04_dncnn_dequantization")).mkdir(parents=True)
+    (base.stage_dir("04_dncnn_dequantization") / "results.json").write_text("{}")
+    d2 = config.apply_overrides(base, {"variant": "d2", "dequant.ocr_guided_init": "d1", "dequant.word_margin": 4})
+    assert set(runner.link_earlier_stages(d2, "05_ocr_guided_refinement", log=lambda *a: None)) == {
+        "00_dataset", "01_mse_pretraining", "04_dncnn_dequantization"}
+    d1 = config.apply_overrides(base, {"variant": "d1", "dequant.steps": 7})
+    assert set(runner.link_earlier_stages(d1, "05_ocr_guided_refinement", log=lambda *a: None)) == {
+        "00_dataset", "01_mse_pretraining"}

@@ -500,5 +500,7 @@ def setup(cfg: Profile, seed: int | None = None):
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+        # under torchrun the processes of one machine share its cores (LOCAL_WORLD_SIZE is torchrun's)
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, cfg.num_threads // max(1, local_ranks)))
     return torch.device(cfg.device)

@@ -104,7 +104,8 @@ DEQUANT = {
 #: The papers' headline numbers (``/work/shared/papers``), one place.
 PAPER = {
     "tfic_runtime_ms": {"encoder": (12.9, 1.8), "ocr": (24.1, 3.3), "ratio": 0.54},
-    "lai_bd_rate_cer": (-35.0, -30.0),  # percent, screenshots (Lai et al. Table 1)
+    # percent, Lai et al. Table 1: the means over the CIRCL and the Screenshots test sets
+    "lai_bd_rate_cer": {"CIRCL": -30.09, "Screenshots": -35.18},
     "dequant_accuracy": {"jpeg": "< 5 %", "dncnn": "≈ 75 %", "ocr_guided": "≈ 90 %", "clean": "reference"},
 }
 
@@ -646,9 +647,10 @@ def headline_table(results: StageResults | Mapping, judges: Mapping[str, list[di
         add(tfic_paper, "the encoder costs less than the OCR it feeds (Table I)", number, "-",
             _missing(loaded, STAGE2), "")
     # Lai et al.: BD-rate on CER (Table 1)
-    lo, hi = PAPER["lai_bd_rate_cer"]
+    means = PAPER["lai_bd_rate_cer"]
+    hi = max(means.values())
     claim = "the text logit loss lowers CER at equal rate (Table 1, BD-rate on CER)"
-    number = f"{lo:.0f} % to {hi:.0f} % (screenshots)"
+    number = ", ".join(f"{v:.2f} % ({k} mean)" for k, v in means.items())
     _, ref = loaded.method("reference", (STAGE3,))
     _, tl = loaded.method("textlogit", (STAGE3,))
     if ref and tl:
@@ -656,7 +658,7 @@ def headline_table(results: StageResults | Mapping, judges: Mapping[str, list[di
         ours = f"BD-rate on CER {_fmt(res.value, pct=True)}" if res.ok else f"n/a ({res.reason})"
         add("Lai et al. (text logit loss)", claim, number, ours,
             _status(res.value <= hi, partly=res.value < 0) if res.ok else "n/a",
-            f"reproduced: ≤ {hi:.0f} %; partly: < 0 %")
+            f"reproduced: ≤ {hi:.2f} % (the milder mean); partly: < 0 %")
     else:
         add("Lai et al. (text logit loss)", claim, number, "-", _missing(loaded, STAGE3), "")
     # Journal paper Sec. 4.6

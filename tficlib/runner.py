@@ -140,10 +140,25 @@ STAGE_SECTIONS = {
 }
 
 
+#: Settings of a shared section that concern one stage only (dotted-key prefixes): 05's D2 settings leave 04 as it is.
+STAGE_ONLY = {
+    "05_ocr_guided_refinement": ("dequant.ocr_guided_", "dequant.guided_train_patches", "dequant.word_margin"),
+}
+
+
+def _concerns(stage: str, key: str) -> bool:
+    section = key.split(".")[0]
+    if section == "eval":
+        return True
+    if section not in STAGE_SECTIONS.get(stage, (set(), ()))[0]:
+        return False
+    return not any(key.startswith(prefixes) for other, prefixes in STAGE_ONLY.items() if other != stage)
+
+
 def _untouched(stage: str, changed: set[str]) -> bool:
-    """True when no changed section concerns ``stage`` or a stage it reads (``eval`` concerns every stage)."""
-    own, deps = STAGE_SECTIONS.get(stage, (set(), ()))
-    return not (own & changed or "eval" in changed) and all(_untouched(d, changed) for d in deps)
+    """True when no changed setting concerns ``stage`` or a stage it reads (``eval`` concerns every stage)."""
+    deps = STAGE_SECTIONS.get(stage, (set(), ()))[1]
+    return not any(_concerns(stage, key) for key in changed) and all(_untouched(d, changed) for d in deps)
 
 
 def link_earlier_stages(cfg, first_stage: str, log=print) -> dict[str, str]:
@@ -157,7 +172,7 @@ def link_earlier_stages(cfg, first_stage: str, log=print) -> dict[str, str]:
 
     if not cfg.variant or first_stage not in NOTEBOOK_STAGES:
         return {}
-    changed = {k.split(".")[0] for k in json.loads(cfg.overrides or "{}")} - {"seed", "variant"}
+    changed = set(json.loads(cfg.overrides or "{}")) - {"seed", "variant"}
     base = cfg.data_dir.parent / cfg.name
     linked = {}
     for stage in list(STAGE_SECTIONS)[:list(NOTEBOOK_STAGES).index(first_stage)]:

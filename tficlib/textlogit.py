@@ -721,9 +721,11 @@ def plot_kappa_sweep(reference: dict, sweep: list[dict], kappas: Sequence[float]
         if pts:
             xs, ys, ks = zip(*pts)
             ax.plot(xs, ys, "-", color="C3", linewidth=0.8)
-            for x, y, kappa in pts:
+            for i, (x, y, kappa) in enumerate(pts):
                 ax.scatter([x], [y], color="C3", zorder=3)
-                ax.annotate(f"κ={kappa:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                # labels alternate above and below the points so that neighbouring κ do not overlap
+                ax.annotate(f"κ={kappa:g}", (x, y), textcoords="offset points", xytext=(4, 5 if i % 2 == 0 else -12),
+                            fontsize=8)
         ax.set_title(f"κ sweep at one λ: {metric.upper()} vs bpp")
     fig.tight_layout()
     return fig
