@@ -44,3 +44,15 @@ def test_the_timing_table_is_made_from_docs_timings_json():
     table = runner.timing_table()
     assert table in readme, "README's timing table differs from docs/timings.json: paste runner.timing_table()"
     assert runner.expected_minutes("cpu", ["00_dataset", "01_mse_pretraining"]) > 0
+
+
+def test_the_readme_is_a_front_door_and_its_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200, "keep the README a front door: details go to docs/"
+    links = re.findall(r"\]\(((?:docs|notebooks|figures)/[^)#\s]+)\)", readme)
+    assert any(link.startswith("docs/") for link in links)
+    for link in links:
+        assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
+    for doc in (ROOT / "docs").glob("*.md"):
+        for link in re.findall(r"\]\(([\w./-]+\.(?:md|json|png))\)", doc.read_text()):
+            assert (doc.parent / link).resolve().exists(), f"{doc.name} links to {link}, which does not exist"

@@ -152,7 +152,7 @@ class DequantCfg:
     ocr_guided_steps: int = 500
     ocr_guided_batch: int = 16
     ocr_guided_lr: float = 1e-4
-    ocr_guided_init: str = "identity"  # D2's start (dncnn.OCRGuidedChain): "identity", "d1", "d1_degraded"
+    ocr_guided_init: str = "d1"  # D2's start (dncnn.OCRGuidedChain): "d1" (a copy of D1, the paper's), "identity", "d1_degraded"
     ocr_guided_anchor: float = 50.0  # μ·MSE(x̂_p, x_p) beside the OCR loss (our deviation; the paper: 0)
     ocr_guided_ctc_cap: float | None = 3.0  # per-word CTC per character capped (our deviation; None: the paper's)
     eval_every: int = 250  # weight snapshots for the accuracy-vs-steps curve

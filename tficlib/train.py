@@ -462,7 +462,13 @@ def _wrap(model: nn.Module, objective: Objective, ctx: distributed.Context, devi
     if ignore:  # trained by the auxiliary loss outside the wrapped forward (tficlib.distributed)
         DDP._set_params_and_buffers_to_ignore_for_model(step, ignore)
     ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
-    return DDP(step, device_ids=ids, broadcast_buffers=False)
+    # buffers are never synced in the forward (BatchNorm statistics are global already: GlobalBatchNorm2d);
+    # torch >= 2.14 names that forward_sync_buffers, older versions broadcast_buffers
+    import inspect
+
+    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+               else "broadcast_buffers")
+    return DDP(step, device_ids=ids, **{no_sync: False})
 
 
 def train(
