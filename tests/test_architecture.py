@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tficlib"
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("config", "artifacts", "compat"),
     "primitives": ("metrics", "report", "plots", "ocr", "ocr.images", "ocr.recognizer", "ocr.regions",
-                   "ocr.easyocr_reader", "ocr.engines"),
+                   "ocr.easyocr_reader", "ocr.engines", "ocr.views"),
     "data and models": ("data", "data.manifest", "data.textlines", "data.pages", "codec", "baselines", "dncnn"),
     "losses": ("losses",),
     "objectives": ("objectives",),

@@ -35,7 +35,7 @@ def test_textlines_deterministic_and_loadable(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("TFIC_DATA", str(tmp_path / "again"))
     textlines.generate(tiny, progress=False)
     assert _files(tiny.stage_dir("00_dataset") / "textlines") == first
-    assert len(first) == 4 + 3 + 3  # train, test, and the unseen split (as large as the test split by default)
+    assert len(first) == 4 + 3 + 3 + 3  # train, val, test and unseen (val and unseen as large as test by default)
     assert {"file", "label", "font", "background", "sha256"} <= set(manifest["items"][0])
 
     ds = textlines.load_split(tiny, "train")
@@ -43,6 +43,9 @@ def test_textlines_deterministic_and_loadable(tiny, tmp_path, monkeypatch):
     assert image.shape == (3, tiny.textlines.height, tiny.textlines.width)
     assert image.dtype == torch.float32 and 0.0 <= image.min() and image.max() <= 1.0
     assert label == ds.labels[0] and len(ds.fonts) == 4
+    val, test = textlines.load_split(tiny, "val"), textlines.load_split(tiny, "test")
+    assert len(val) == len(test) and set(val.fonts) <= set(textlines.FONTS)
+    assert not any(torch.equal(val[i][0], test[i][0]) for i in range(len(val)))  # drawn like test, not the same
     unseen = textlines.load_split(tiny, "unseen")
     header = json.loads(textlines.manifest_path(tiny, "unseen").read_text())
     assert not set(unseen.fonts) & set(textlines.FONTS) and set(unseen.fonts) <= set(textlines.UNSEEN_FONTS)

@@ -49,10 +49,11 @@ __all__ = [
 METHOD_STAGES = {
     "mse": artifacts.MSE_PRETRAINING,
     "tfic": artifacts.TFIC_FINETUNING,
+    "tfic_robust": artifacts.TFIC_FINETUNING,
     "textlogit": artifacts.TEXT_LOGIT,
 }
 IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "TIFF"}
-_LABEL = re.compile(r"^(mse|tfic|textlogit)_(\d+)$")
+_LABEL = re.compile(r"^(mse|tfic|tfic_robust|textlogit)_(\d+)$")
 
 
 class CliInputError(ValueError):

@@ -63,6 +63,7 @@ class TextLinesCfg:
     height: int
     width: int
     max_chars: int = 24  # longest label; longer lines become unreadable once fitted
+    n_val: int = 0  # validation lines, drawn like the test split (0: the size of n_test)
     n_unseen: int = 0  # the "unseen" test split: fonts and words no training split uses (0: the size of n_test)
 
 
@@ -114,6 +115,11 @@ class TficCfg:
     lr: float = 1e-4
     sweep_start_index: int = -1  # the γ sweep starts from this stage-1 model (index into CodecCfg.lambdas)
     ste: bool = True  # the OCR sees rounded latents through a straight-through estimator
+    # our robust variant (not in the paper): rate + pixel·λ_k·D + γ·L_OCR(T(x̂)) from every stage-1 model k
+    robust: bool = True
+    robust_gamma: float = 0.1
+    robust_pixel: float = 1.0  # the share of each stage-1 model's λ kept as a pixel term (0: λ = 0, as the paper)
+    robust_strength: float = 0.0  # random views T of x̂ before the recognizer (tficlib.ocr.OCRViews; 0: none)
 
 
 @dataclass(frozen=True)

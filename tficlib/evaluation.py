@@ -90,6 +90,7 @@ CLASSIC = tuple(baselines.CODECS)
 LEARNED = {
     "mse": (STAGE2, STAGE1),
     "tfic": (STAGE2,),
+    "tfic_robust": (STAGE2,),
     "reference": (STAGE3,),
     "textlogit": (STAGE3,),
 }
@@ -423,8 +424,9 @@ def comparison_table(methods: Mapping[str, Mapping], references: Sequence[str] =
 
 # =========================================================================== judges, unseen text, seeds
 #: The comparisons every judge is asked about: (reference, test) method keys; "best_classic" is resolved per judge.
-COMPARISONS = (("mse", "tfic"), ("reference", "textlogit"), ("best_classic", "mse"), ("best_classic", "tfic"),
-               ("best_classic", "reference"), ("best_classic", "textlogit"))
+COMPARISONS = (("mse", "tfic"), ("mse", "tfic_robust"), ("reference", "textlogit"), ("best_classic", "mse"),
+               ("best_classic", "tfic"), ("best_classic", "tfic_robust"), ("best_classic", "reference"),
+               ("best_classic", "textlogit"))
 
 
 def judge_comparisons(methods: Mapping[str, Mapping], evals: Mapping[str, Sequence[dict]], best: str | None,
@@ -475,6 +477,7 @@ SEED_VALUES = (
     (STAGE2, ("tables", "bd", "bd_accuracy"), "TFIC vs MSE codec, BD-accuracy"),
     (STAGE2, ("tables", "bd", "bd_rate_accuracy"), "TFIC vs MSE codec, BD-rate on accuracy (%)"),
     (STAGE2, ("methods", "tfic", "accuracy", "max"), "TFIC, best accuracy"),
+    (STAGE2, ("tables", "robust", "bd_accuracy"), "TFIC robust (ours) vs MSE codec, BD-accuracy"),
     (STAGE3, ("tables", "bd", "bd_rate_cer", "value"), "text logit vs reference, BD-rate on CER (%)"),
     (STAGE3, ("tables", "bd", "bd_cer", "value"), "text logit vs reference, BD-CER (%)"),
     (STAGE3, ("methods", "textlogit", "accuracy", "max"), "text logit, best accuracy"),
@@ -685,6 +688,8 @@ def headline_table(results: StageResults | Mapping, judges: Mapping[str, list[di
     # Does each gain hold for the judges the codecs never trained against?
     independent = [n for n in (judges or {}) if n != ocr.TRAINING_ENGINE]
     for paper, test, ref, what in (("TFIC (Della Fiore et al.)", "tfic", "mse", "TFIC's gain over the MSE codec"),
+                                   ("TFIC, robust variant (our extension)", "tfic_robust", "mse",
+                                    "the robust variant's gain over the MSE codec"),
                                    ("Lai et al. (text logit loss)", "textlogit", "reference",
                                     "the text logit loss's gain over its reference")):
         if not independent:
@@ -712,6 +717,7 @@ def headline_table(results: StageResults | Mapping, judges: Mapping[str, list[di
 STYLES = {
     "mse": {"color": "tab:blue", "linewidth": 2},
     "tfic": {"color": "tab:red", "linewidth": 2},
+    "tfic_robust": {"color": "tab:orange", "linewidth": 2},
     "textlogit": {"color": "tab:green", "linewidth": 2},
     "reference": {"color": "tab:olive", "linewidth": 1.5, "linestyle": ":"},
     **{k: {"linewidth": 1, "linestyle": "--", "markersize": 3, "color": c}

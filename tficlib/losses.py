@@ -69,7 +69,7 @@ class RateDistortionLoss(nn.Module):
         return {"bpp_loss": bpp, "mse_loss": mse, "loss": bpp + distortion(output["x_hat"], target, self.lmbda)}
 
 
-def ocr_loss(x_hat: torch.Tensor, labels, reduction: str = "mean") -> torch.Tensor:
+def ocr_loss(x_hat: torch.Tensor, labels, reduction: str = "mean", views=None) -> torch.Tensor:
     """L_OCR(G(x), T(x̂)): CTC loss of the frozen EasyOCR recognizer on x̂.
 
     TFIC paper Sec. III-B calls it "the cross-entropy loss between the
@@ -78,14 +78,17 @@ def ocr_loss(x_hat: torch.Tensor, labels, reduction: str = "mean") -> torch.Tens
     faithful cross-entropy for it is the CTC loss: the negative log-likelihood
     of the ground-truth label summed over all alignments.  ``x_hat`` (B,3,H,W)
     is clamped to [0, 1]; gradients flow through the recognizer (whose weights
-    stay frozen) into the codec.
+    stay frozen) into the codec.  ``views`` (:class:`tficlib.ocr.views.OCRViews`,
+    our extension): the recognizer reads one random view T(x̂) per image, so
+    the loss is a one-sample estimate of E_T[L_OCR(G(x), T(x̂))].
     """
     if x_hat.dim() != 4 or x_hat.shape[1] != 3:
         raise ValueError(f"ocr_loss expects x_hat of shape (B,3,H,W), got {tuple(x_hat.shape)}")
     if len(labels) != x_hat.shape[0]:
         raise ValueError(f"ocr_loss: {len(labels)} labels for a batch of {x_hat.shape[0]} images")
     recognizer = ocr.get_recognizer(x_hat.device)
-    logits = recognizer(x_hat.clamp(0.0, 1.0))
+    x = x_hat.clamp(0.0, 1.0)
+    logits = recognizer(views(x) if views is not None else x)
     return ocr.ctc_loss(logits, list(labels), reduction=reduction)
 
 

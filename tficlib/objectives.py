@@ -114,12 +114,14 @@ class TFIC(Objective):
     """Stage 2: L = λ·255²·MSE + R(ŷ, ẑ) + γ·L_OCR(G(x), T(x̂)) (TFIC Sec. III-B); batch = (images, labels).
 
     The paper's recipe is λ = 0, γ = 0.1.  L_OCR is the CTC loss of the frozen
-    EasyOCR recognizer (:func:`tficlib.losses.ocr_loss`).
+    EasyOCR recognizer (:func:`tficlib.losses.ocr_loss`).  ``views`` (our
+    robust variant): L_OCR on random views T(x̂) (:class:`tficlib.ocr.views.OCRViews`).
     """
 
     gamma: float
     lmbda: float = 0.0
     ste: bool = True
+    views: Any = None
 
     def __post_init__(self):
         if self.gamma < 0 or self.lmbda < 0:
@@ -127,17 +129,21 @@ class TFIC(Objective):
 
     @property
     def name(self) -> str:
-        return f"tfic(gamma={self.gamma:g}, lambda={self.lmbda:g}, ste={self.ste})"
+        robust = ", views" if self.views is not None else ""
+        return f"tfic(gamma={self.gamma:g}, lambda={self.lmbda:g}, ste={self.ste}{robust})"
 
     def params(self) -> dict:
-        return {"objective": "tfic", "gamma": float(self.gamma), "lambda": float(self.lmbda), "ste": bool(self.ste)}
+        params = {"objective": "tfic", "gamma": float(self.gamma), "lambda": float(self.lmbda), "ste": bool(self.ste)}
+        if self.views is not None:  # only then, so that the paper recipe's fingerprints stay what they were
+            params["views"] = self.views.params()
+        return params
 
     def __call__(self, model, batch) -> dict:
         x, labels = batch
         out = _codec_forward(model, x, self.ste)
         n, _, h, w = x.shape
         bpp = rate_bpp(out["likelihoods"], n * h * w)
-        l_ocr = ocr_loss(out["x_hat"], labels)
+        l_ocr = ocr_loss(out["x_hat"], labels, views=self.views)
         loss = bpp + self.gamma * l_ocr
         if self.lmbda:
             loss = loss + distortion(out["x_hat"], x, self.lmbda)

@@ -123,8 +123,9 @@ def image_grid(images, titles: Sequence[str] | None = None, ncols: int = 4, cell
     nrows = math.ceil(len(arrays) / ncols)
     h, w = arrays[0].shape[:2]
     label_room = 0.35 if titles is not None else 0.05
+    title_room = 0.4 if suptitle else 0.0
     fig, axes = plt.subplots(nrows, ncols, squeeze=False,
-                             figsize=(ncols * cell_width, nrows * (cell_width * h / w + label_room)))
+                             figsize=(ncols * cell_width, nrows * (cell_width * h / w + label_room) + title_room))
     for k, ax in enumerate(axes.flat):
         if k >= len(arrays):
             ax.axis("off")

@@ -7,9 +7,12 @@
 * Stage 2 (:func:`finetune`, λ = 0): L = R(ŷ, ẑ) + γ·L_OCR(G(x), T(x̂))
   (:class:`~tficlib.objectives.TFIC`) from a stage-1 model, the OCR frozen:
   :func:`paper_recipe` (γ = 0.1 from every stage-1 model), :func:`gamma_sweep`
-  (our rate knob) and :func:`mse_controls` (the same extra steps with the
-  stage-1 loss).  :func:`train_stage1` / :func:`train_stage2` run all of a
-  notebook's training (also ``python -m tficlib train 01|02``).
+  (our rate knob), :func:`mse_controls` (the same extra steps with the
+  stage-1 loss) and :func:`robust_sweep` (our extension: the pixel term kept
+  beside the OCR term, optionally on random views of x̂, for a gain that
+  holds for engines never trained against).  :func:`train_stage1` /
+  :func:`train_stage2` run all of a notebook's training (also
+  ``python -m tficlib train 01|02``).
 * The stage's own figure: :func:`plot_drift`.  Evaluation and Fig. 4
   (:func:`tficlib.evaluate.visual_comparison`) are :mod:`tficlib.evaluate`'s.
 
@@ -39,6 +42,8 @@ __all__ = [
     "new_codec",
     "paper_recipe",
     "plot_drift",
+    "robust_sweep",
+    "robust_views",
     "train_mse_models",
     "train_stage1",
     "train_stage2",
@@ -161,6 +166,38 @@ def gamma_sweep(cfg, train_set, device, seed: int = 0, retrain: bool = False) ->
     return runs
 
 
+def robust_views(cfg):
+    """The random views of the robust variant (:class:`tficlib.ocr.OCRViews`), None at strength 0."""
+    from .ocr import OCRViews
+
+    return OCRViews(strength=cfg.tfic.robust_strength) if cfg.tfic.robust_strength > 0 else None
+
+
+def robust_sweep(cfg, train_set, device, seed: int = 0, retrain: bool = False) -> list[Run]:
+    """Our robust variant: L = R + p·λ_k·255²·MSE + γ·E_T[L_OCR(G(x), T(x̂))] -> ``models/tfic_robust_<k>.pt``.
+
+    From every stage-1 model k (λ_k), like :func:`mse_controls`, with the pixel
+    term the paper drops kept at ``p = cfg.tfic.robust_pixel`` of λ_k,
+    γ = ``cfg.tfic.robust_gamma`` and, at ``cfg.tfic.robust_strength > 0``, the
+    recognizer reading random views T(x̂) (:func:`robust_views`).  The
+    stage-1 λ is the rate knob, so the curve spans the MSE codec's rates.
+    Nothing is trained when ``cfg.tfic.robust`` is False.
+    """
+    t = cfg.tfic
+    if not t.robust:
+        return []
+    views = robust_views(cfg)
+    runs = []
+    for k, lam in enumerate(cfg.codec.lambdas):
+        name = f"tfic_robust_from{k}_gamma{t.robust_gamma:g}_pixel{t.robust_pixel:g}_views{t.robust_strength:g}"
+        objective = TFIC(t.robust_gamma, t.robust_pixel * lam, ste=t.ste, views=views)
+        res = finetune(cfg, train_set, device, k, objective, name, seed, retrain)
+        runs.append(_save(cfg, STAGE2, "tfic_robust", k, res,
+                          {"gamma": t.robust_gamma, "lambda": t.robust_pixel * lam, "start": k,
+                           "pixel": t.robust_pixel, "views": None if views is None else views.params()}))
+    return runs
+
+
 def mse_controls(cfg, train_set, device, seed: int = 0, retrain: bool = False) -> list[Run]:
     """Controls: each stage-1 model gets ``cfg.tfic.steps`` more steps of its own stage-1 loss.
 
@@ -174,7 +211,7 @@ def mse_controls(cfg, train_set, device, seed: int = 0, retrain: bool = False) -
 
 
 def train_stage2(cfg, device=None, seed: int | None = None, retrain: bool = False) -> dict[str, list[Run]]:
-    """Every training run of notebook 02: ``{"paper": ..., "tfic": ..., "mse": ...}``."""
+    """Every training run of notebook 02: ``{"paper": ..., "tfic": ..., "mse": ..., "robust": ...}``."""
     from .data import textlines
 
     seed = cfg.seed if seed is None else seed
@@ -182,7 +219,8 @@ def train_stage2(cfg, device=None, seed: int | None = None, retrain: bool = Fals
     train_set = textlines.load_split(cfg, "train")
     return {"paper": paper_recipe(cfg, train_set, device, seed, retrain),
             "tfic": gamma_sweep(cfg, train_set, device, seed, retrain),
-            "mse": mse_controls(cfg, train_set, device, seed, retrain)}
+            "mse": mse_controls(cfg, train_set, device, seed, retrain),
+            "robust": robust_sweep(cfg, train_set, device, seed, retrain)}
 
 
 # --------------------------------------------------------------------------- figures

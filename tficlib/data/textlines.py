@@ -23,7 +23,9 @@ canvas: on 256x512 lines that read falls to about 0.53, see ``tficlib.config``):
   random position on a background rendered for the full canvas.  Never stretched:
   stretching a line to 256x512 halves EasyOCR's accuracy.
 
-A third split, ``unseen`` (``cfg.textlines.n_unseen`` lines), holds text no
+A ``val`` split (``cfg.textlines.n_val`` lines, drawn like the test split)
+is for choices made on data other than the test split (the robust TFIC
+variant of notebook 02).  A fourth split, ``unseen`` (``cfg.textlines.n_unseen`` lines), holds text no
 training split has: fonts of other families (:data:`UNSEEN_FONTS`: Raleway and
 Caviar Dreams from trdg's folder, DejaVu Sans Mono from matplotlib; neither the
 text lines nor the pages use them) and words from another source (the prose of
@@ -75,7 +77,7 @@ __all__ = [
 
 STAGE = "00_dataset"
 FORMAT = "tficlib-textlines-1"  # bump when the generation changes: older datasets are then regenerated
-SPLITS = ("train", "test", "unseen")
+SPLITS = ("train", "val", "test", "unseen")
 
 #: readable faces from trdg/fonts/latin (regular, medium, bold and a few italics)
 FONTS = (
@@ -111,6 +113,7 @@ UNSEEN_FONTS = {
 }
 #: Where the words of each split come from (recorded in the manifests).
 WORD_SOURCES = {"train": "trdg's English dictionary (75 %) and random strings (25 %)",
+                "val": "trdg's English dictionary (75 %) and random strings (25 %)",
                 "test": "trdg's English dictionary (75 %) and random strings (25 %)",
                 "unseen": "the prose of Python's documentation (pydoc_data.topics)"}
 
@@ -372,7 +375,7 @@ def _check_split(split: str) -> None:
 
 def _split_size(cfg, split: str) -> int:
     t = cfg.textlines
-    return {"train": t.n_train, "test": t.n_test, "unseen": t.n_unseen or t.n_test}[split]
+    return {"train": t.n_train, "val": t.n_val or t.n_test, "test": t.n_test, "unseen": t.n_unseen or t.n_test}[split]
 
 
 def _expected_header(cfg, split: str) -> dict:

@@ -11,7 +11,9 @@ all of them:
   EasyOCR's (:mod:`tficlib.ocr.easyocr_reader`).
 * **Frozen OCR in the loss** (TFIC Sec. III-A; journal paper Sec. 4.5):
   :class:`Recognizer`, :func:`recognizer_logits`, :func:`ctc_loss`,
-  :func:`greedy_decode` (:mod:`tficlib.ocr.recognizer`).
+  :func:`greedy_decode` (:mod:`tficlib.ocr.recognizer`); :class:`OCRViews`,
+  random views of x̂ for a loss that no single preprocessing satisfies
+  (:mod:`tficlib.ocr.views`).
 * **Text regions** (Lai et al., Eq. 1–3): :func:`detect_boxes` is
   TextRegion(x), :func:`crop_boxes` is B_i(x), :func:`region_logits` is
   Recognize(b_i) (:mod:`tficlib.ocr.regions`).
@@ -62,10 +64,11 @@ from .regions import (
     recognize_regions,
     region_logits,
 )
+from .views import OCRViews
 
 __all__ = [
     "CHARSET", "ENGINES", "GREY_WEIGHTS", "NUM_CLASSES", "RECOGNIZER_HEIGHT", "TRAINING_ENGINE",
-    "Engine", "EngineUnavailable", "Recognizer",
+    "Engine", "EngineUnavailable", "OCRViews", "Recognizer",
     "as_image_list", "as_saved", "as_uint8_rgb", "available_engines", "bucket_width", "crop_boxes", "ctc_loss",
     "detect_boxes", "encode_labels", "get_engine", "get_reader", "get_recognizer", "greedy_decode", "grey",
     "join_words", "judges", "line_box", "line_logits", "match_words", "pad_crops", "read_lines", "read_text",
