@@ -53,7 +53,7 @@ METHOD_STAGES = {
     "textlogit": artifacts.TEXT_LOGIT,
 }
 IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "TIFF"}
-_LABEL = re.compile(r"^(mse|tfic|tfic_robust|textlogit)_(\d+)$")
+_LABEL = re.compile(rf"^({'|'.join(map(re.escape, METHOD_STAGES))})_(\d+)$")  # a model's name: <method>_<k>
 
 
 class CliInputError(ValueError):
