@@ -194,3 +194,11 @@ def test_a_training_seed_is_a_variant_with_the_same_data():
     custom = config.apply_overrides(cpu, {"tfic.steps": 5})
     both = config.with_seed(custom, 2)
     assert both.variant == "custom" and both.seed == 2 and __import__("json").loads(both.overrides)["seed"] == 2
+
+
+def test_a_notebook_seed_that_disagrees_with_the_variant_is_an_error(monkeypatch):
+    monkeypatch.setenv(config.OVERRIDES_ENV, '{"seed": 1, "variant": "seed1"}')
+    assert config.resolve("cpu", device="cpu", seed=1).seed == 1
+    assert config.resolve("cpu", device="cpu").seed == 1
+    with pytest.raises(ValueError, match=r"seed 0 \(a notebook's SEED\) disagrees with seed 1 .* -p SEED 1"):
+        config.resolve("cpu", device="cpu", seed=0)

@@ -303,6 +303,7 @@ def test_every_judge_reads_every_curve_and_the_comparisons_have_intervals(cfg):
     assert row["comparison"] == "tfic vs mse" and "brightness" in row
     slim = evaluate.without_evals(judged)
     assert "evals" not in slim["by_engine"]["brightness"] and "evals" in entry  # what results.json stores
+    assert isinstance(slim["by_engine"]["brightness"]["seconds"], float) and entry["seconds"] >= 0
 
 
 def test_judge_comparisons_name_the_best_classic_and_skip_missing_curves():
@@ -322,11 +323,21 @@ def test_judge_comparisons_name_the_best_classic_and_skip_missing_curves():
 def test_seed_table_gathers_the_seed_variants(tmp_data):
     for seed, bd in ((0, 0.08), (1, 0.06), (2, 0.07)):
         c = config.resolve("smoke", seed=seed)
+        judged = {name: {"bd": {"tfic vs mse": {"bd_accuracy": bd - 0.07}}} for name in ("easyocr", "rapidocr")}
+        if seed == 2:  # a judge present for one seed only
+            judged["tesseract"] = {"bd": {"tfic vs mse": {"bd_accuracy": 0.5}}}
         artifacts.write_results(c, "02_tfic_ocr_finetuning", {"tfic": {"bpp": [0.1, 0.2], "accuracy": [0.5, 0.8]}},
-                                {"bd": {"bd_accuracy": bd}})
+                                {"bd": {"bd_accuracy": bd}, "judges": {"engines": sorted(judged), "by_engine": judged}})
     rows, folders = evaluation.seed_table(config.resolve("smoke"))
     assert folders == ["smoke", "smoke-seed1", "smoke-seed2"]
-    row = next(r for r in rows if r["value"].startswith("TFIC vs MSE codec, BD-accuracy"))
+    by_label = {r["value"]: r for r in rows}
+    row = by_label["TFIC vs MSE codec, BD-accuracy"]
     assert row["n"] == 3 and row["mean"] == pytest.approx(0.07) and row["std"] == pytest.approx(0.01)
-    best = next(r for r in rows if r["value"] == "TFIC, best accuracy")
-    assert best["mean"] == pytest.approx(0.8)
+    assert row["seeds"] == {"0": 0.08, "1": 0.06, "2": 0.07}
+    assert by_label["TFIC, best accuracy"]["mean"] == pytest.approx(0.8)
+    # one row per independent judge; the training engine's own row is the headline above
+    rapid = by_label["TFIC vs MSE codec, BD-accuracy, rapidocr"]
+    assert rapid["n"] == 3 and rapid["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert by_label["TFIC vs MSE codec, BD-accuracy, tesseract"]["n"] == 1
+    assert "TFIC vs MSE codec, BD-accuracy, easyocr" not in by_label
+    assert by_label["text logit, best accuracy"]["n"] == 0 and by_label["text logit, best accuracy"]["mean"] is None

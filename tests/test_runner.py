@@ -6,9 +6,9 @@ import pytest
 from tficlib import config, runner
 
 
-def _notebook(path, *sources):
+def _notebook(path, *sources, parameters='PROFILE = "auto"'):
     nb = nbformat.v4.new_notebook()
-    cells = [nbformat.v4.new_code_cell('PROFILE = "auto"', metadata={"tags": ["parameters"]})]
+    cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})]
     cells += [nbformat.v4.new_code_cell(src) for src in sources]
     nb.cells = cells
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -115,6 +115,23 @@ def test_pipeline_keeps_environment_overrides(fake_notebooks, tmp_data, monkeypa
     runner.run_pipeline("smoke", log=lambda *a, **k: None, overrides={"tfic.batch_size": 2})
     assert (tmp_data / "data" / "smoke-long" / "executed" / "00_check.ipynb").exists()
     assert __import__("os").environ["TFIC_OVERRIDES"] == '{"variant": "long", "tfic.steps": 900}'
+
+
+@pytest.mark.slow
+def test_a_seed_run_hands_its_seed_to_the_notebooks(fake_notebooks, tmp_data, monkeypatch):
+    """The notebooks train with their SEED parameter: the runner must set it, not only the variant's folder."""
+    monkeypatch.delenv("TFIC_OVERRIDES", raising=False)
+    _notebook(fake_notebooks / "02_check.ipynb",
+              "from tficlib import artifacts, config\n"
+              "cfg = config.resolve(PROFILE, seed=SEED)\n"
+              "assert SEED == cfg.seed, (SEED, cfg)\n"
+              "artifacts.write_results(cfg, '02_tfic_ocr_finetuning', {}, {})",
+              parameters='PROFILE = "auto"\nSEED = 0')
+    runner.run_pipeline("smoke", log=lambda *a, **k: None, seed=4)
+    runner.run_pipeline("smoke", log=lambda *a, **k: None)  # the profile's own seed, in its own folder
+    stored = {folder: json.loads((tmp_data / "data" / folder / "02_tfic_ocr_finetuning" / "results.json").read_text())
+              for folder in ("smoke-seed4", "smoke")}
+    assert {folder: r["seed"] for folder, r in stored.items()} == {"smoke-seed4": 4, "smoke": 0}
 
 
 def test_schedule_estimate_scales_each_logged_run_by_its_amount(tmp_path):

@@ -481,6 +481,10 @@ def resolve(name: str | None = None, *, device: str | None = None, seed: int | N
     cfg = PROFILES[key](device)
     overrides = _env_overrides()
     cfg = cfg if overrides is None else apply_overrides(cfg, overrides)
+    if seed is not None and overrides and "seed" in overrides and int(seed) != cfg.seed:
+        raise ValueError(f"the seed {int(seed)} (a notebook's SEED) disagrees with seed {cfg.seed} in "
+                         f"${OVERRIDES_ENV}, the variant {cfg.variant!r}: pass the same seed to both "
+                         f"(papermill -p SEED {cfg.seed}; `python -m tficlib run --seed N` does)")
     return with_seed(cfg, seed)
 
 

@@ -412,12 +412,14 @@ def judge(cfg, curves: dict[str, Sequence[Path]], items, device, stage_of_uncomp
     ``evals`` (per-point evaluations, cached per engine), and for each
     ``(reference, test)`` in ``comparisons`` the BD values ``keys`` on real
     bytes (``bd``) and on the entropy-coded payload (``bd_payload``), with
-    paired-bootstrap intervals over the test items (``bd_ci``).  ``skipped``
-    names the engines that cannot run here.
+    paired-bootstrap intervals over the test items (``bd_ci``), and ``seconds``:
+    the wall-clock time this engine took in this call (cached readings cost
+    almost nothing).  ``skipped`` names the engines that cannot run here.
     """
     names, skipped = ocr.judges(engines)
     out: dict = {"engines": names, "skipped": skipped, "by_engine": {}}
     for name in names:
+        start = time.perf_counter()
         entry: dict = {"uncompressed": {k: v for k, v in evaluate_uncompressed(cfg, items, device, stage_of_uncompressed,
                                                                                  engine=name, split=split).items()
                                         if k in ("accuracy", "accuracy_ci", "cer", "wer")},
@@ -437,6 +439,7 @@ def judge(cfg, curves: dict[str, Sequence[Path]], items, device, stage_of_uncomp
             entry["bd_payload"][pair] = bd_summary(entry["curves"][ref], entry["curves"][test], keys, rate="bpp_payload")
             entry["bd_ci"][pair] = bd_intervals(entry["evals"][ref], entry["evals"][test], keys,
                                                 n_boot=cfg.eval.bootstrap, seed=seed)
+        entry["seconds"] = round(time.perf_counter() - start, 1)
         out["by_engine"][name] = entry
     return out
 

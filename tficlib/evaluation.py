@@ -473,14 +473,24 @@ def judges_table(per_judge: Mapping[str, list[dict]], key: str = "bd_accuracy") 
 
 
 #: The headline numbers whose spread over training seeds the README reports: (stage, where in results.json, label).
+#: ``{judge}`` in a path or label stands for each independent engine that judged the stage (one row each).
+_BY = ("tables", "judges", "by_engine")
 SEED_VALUES = (
     (STAGE2, ("tables", "bd", "bd_accuracy"), "TFIC vs MSE codec, BD-accuracy"),
     (STAGE2, ("tables", "bd", "bd_rate_accuracy"), "TFIC vs MSE codec, BD-rate on accuracy (%)"),
+    (STAGE2, _BY + (ocr.TRAINING_ENGINE, "bd_payload", "tfic vs mse", "bd_accuracy"),
+     "TFIC vs MSE codec, BD-accuracy on payload rates"),
     (STAGE2, ("methods", "tfic", "accuracy", "max"), "TFIC, best accuracy"),
+    (STAGE2, _BY + ("{judge}", "bd", "tfic vs mse", "bd_accuracy"), "TFIC vs MSE codec, BD-accuracy, {judge}"),
     (STAGE2, ("tables", "robust", "bd_accuracy"), "TFIC robust (ours) vs MSE codec, BD-accuracy"),
+    (STAGE2, ("tables", "robust", "bd_rate_accuracy"), "TFIC robust (ours) vs MSE codec, BD-rate on accuracy (%)"),
+    (STAGE2, ("tables", "robust", "judges", "by_engine", "{judge}", "bd", "tfic_robust vs mse", "bd_accuracy"),
+     "TFIC robust (ours) vs MSE codec, BD-accuracy, {judge}"),
     (STAGE3, ("tables", "bd", "bd_rate_cer", "value"), "text logit vs reference, BD-rate on CER (%)"),
     (STAGE3, ("tables", "bd", "bd_cer", "value"), "text logit vs reference, BD-CER (%)"),
     (STAGE3, ("methods", "textlogit", "accuracy", "max"), "text logit, best accuracy"),
+    (STAGE3, _BY + ("{judge}", "bd", "textlogit vs reference", "bd_rate_cer"),
+     "text logit vs reference, BD-rate on line CER (%), {judge}"),
 )
 
 
@@ -507,18 +517,23 @@ def seed_table(cfg, values=SEED_VALUES) -> tuple[list[dict], list[str]]:
 
     base = cfg.data_dir.parent
     folders = [base / cfg.name] + sorted(p for p in base.glob(f"{cfg.name}-seed*") if p.is_dir())
+    stored = {(folder, stage): artifacts.read_json(folder / stage / "results.json")
+              for folder in folders for stage in {v[0] for v in values} if (folder / stage / "results.json").exists()}
+    independent = sorted({name for data in stored.values() for name in _dig(data, ("tables", "judges", "engines")) or ()
+                          if name != ocr.TRAINING_ENGINE})
+    expanded = [(stage, tuple(k.format(judge=j) for k in path), label.format(judge=j))
+                for stage, path, label in values
+                for j in (independent if "{judge}" in label else [None])]
     rows, used = [], []
-    for stage, path, label in values:
+    for stage, path, label in expanded:
         per_seed = {}
         for folder in folders:
-            results = folder / stage / "results.json"
-            if results.exists():
-                data = artifacts.read_json(results)
-                v = _dig(data, path)
-                if isinstance(v, (int, float)):
-                    per_seed[str(data.get("seed", folder.name))] = float(v)
-                    if folder.name not in used:
-                        used.append(folder.name)
+            data = stored.get((folder, stage))
+            v = _dig(data, path) if data is not None else None
+            if isinstance(v, (int, float)):
+                per_seed[str(data.get("seed", folder.name))] = float(v)
+                if folder.name not in used:
+                    used.append(folder.name)
         vals = list(per_seed.values())
         rows.append({"value": label, "n": len(vals), "mean": statistics.fmean(vals) if vals else None,
                      "std": statistics.stdev(vals) if len(vals) > 1 else None, "seeds": per_seed})

@@ -275,7 +275,7 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
             start = time.perf_counter()
             try:
                 papermill.execute_notebook(
-                    str(nb), str(out), parameters={"PROFILE": cfg.name, **(extra_parameters or {})},
+                    str(nb), str(out), parameters={"PROFILE": cfg.name, "SEED": cfg.seed, **(extra_parameters or {})},
                     cwd=str(nb.parent), progress_bar=False, log_output=False, kernel_name="python3",
                     # the kernel's own start-up chatter (not the notebook's output) stays quiet
                     extra_arguments=["--IPKernelApp.log_level=ERROR"],
