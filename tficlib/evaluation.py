@@ -484,7 +484,7 @@ SEED_VALUES = (
     (STAGE2, _BY + ("{judge}", "bd", "tfic vs mse", "bd_accuracy"), "TFIC vs MSE codec, BD-accuracy, {judge}"),
     (STAGE2, ("tables", "robust", "bd_accuracy"), "TFIC robust (ours) vs MSE codec, BD-accuracy"),
     (STAGE2, ("tables", "robust", "bd_rate_accuracy"), "TFIC robust (ours) vs MSE codec, BD-rate on accuracy (%)"),
-    (STAGE2, ("tables", "robust", "judges", "by_engine", "{judge}", "bd", "tfic_robust vs mse", "bd_accuracy"),
+    (STAGE2, ("tables", "robust") + _BY[1:] + ("{judge}", "bd", "tfic_robust vs mse", "bd_accuracy"),
      "TFIC robust (ours) vs MSE codec, BD-accuracy, {judge}"),
     (STAGE3, ("tables", "bd", "bd_rate_cer", "value"), "text logit vs reference, BD-rate on CER (%)"),
     (STAGE3, ("tables", "bd", "bd_cer", "value"), "text logit vs reference, BD-CER (%)"),
@@ -519,11 +519,11 @@ def seed_table(cfg, values=SEED_VALUES) -> tuple[list[dict], list[str]]:
     folders = [base / cfg.name] + sorted(p for p in base.glob(f"{cfg.name}-seed*") if p.is_dir())
     stored = {(folder, stage): artifacts.read_json(folder / stage / "results.json")
               for folder in folders for stage in {v[0] for v in values} if (folder / stage / "results.json").exists()}
-    independent = sorted({name for data in stored.values() for name in _dig(data, ("tables", "judges", "engines")) or ()
+    independent = sorted({name for data in stored.values() for name in _dig(data, _BY[:-1] + ("engines",)) or ()
                           if name != ocr.TRAINING_ENGINE})
     expanded = [(stage, tuple(k.format(judge=j) for k in path), label.format(judge=j))
                 for stage, path, label in values
-                for j in (independent if "{judge}" in label else [None])]
+                for j in (independent if "{judge}" in label + "".join(path) else [None])]
     rows, used = [], []
     for stage, path, label in expanded:
         per_seed = {}
