@@ -155,27 +155,36 @@ def test_schedule_estimate_scales_each_logged_run_by_its_amount(tmp_path):
     assert set(est["runs"]) == {"01_mse/checkpoints/mse_0.log.json", "04_dncnn/abl.log.json"}
 
 
-def test_a_seed_variant_links_the_earlier_stages_it_does_not_retrain(tmp_path, monkeypatch):
+def test_a_variant_links_only_the_earlier_stages_it_reads_and_does_not_retrain(tmp_path, monkeypatch):
     monkeypatch.setenv("TFIC_DATA", str(tmp_path))
     base = config.resolve("smoke", device="cpu")
     for stage in ("00_dataset", "01_mse_pretraining"):
         (base.stage_dir(stage)).mkdir(parents=True)
         (base.stage_dir(stage) / "results.json").write_text("{}")
     seeded = config.resolve("smoke", device="cpu", seed=3)
-    linked = runner.link_earlier_stages(seeded, "02_tfic_ocr_finetuning", log=lambda *a: None)
+    linked = runner.link_earlier_stages(seeded, ["02_tfic_ocr_finetuning"], log=lambda *a: None)
     assert set(linked) == {"00_dataset", "01_mse_pretraining"}
     assert (seeded.stage_dir("01_mse_pretraining") / "results.json").samefile(
         base.stage_dir("01_mse_pretraining") / "results.json")  # hard links: no copy of the models
+    # 03 does not read 02: a seed run of 03 leaves 02 out, so a later seed run of 02 trains its own
+    (base.stage_dir("02_tfic_ocr_finetuning")).mkdir(parents=True)
+    (base.stage_dir("02_tfic_ocr_finetuning") / "results.json").write_text("{}")
+    other_seed = config.resolve("smoke", device="cpu", seed=4)
+    assert set(runner.link_earlier_stages(other_seed, ["03_text_logit_training"], log=lambda *a: None)) == {
+        "00_dataset", "01_mse_pretraining"}
+    assert not other_seed.stage_dir("02_tfic_ocr_finetuning").exists()
+    # 06 reads every stage
+    assert set(runner.link_earlier_stages(other_seed, ["05_ocr_guided_refinement", "06_evaluation"],
+                                          log=lambda *a: None)) == {"02_tfic_ocr_finetuning"}
     # a variant whose settings concern a stage does not take that stage (nor what reads it) from the profile
     changed = config.apply_overrides(base, {"variant": "other", "codec.lambdas": [0.01]})
-    assert set(runner.link_earlier_stages(changed, "02_tfic_ocr_finetuning", log=lambda *a: None)) == {"00_dataset"}
-    assert runner.link_earlier_stages(base, "02_tfic_ocr_finetuning") == {}  # the profile itself links nothing
+    assert set(runner.link_earlier_stages(changed, ["02_tfic_ocr_finetuning"], log=lambda *a: None)) == {"00_dataset"}
+    assert runner.link_earlier_stages(base, ["02_tfic_ocr_finetuning"]) == {}  # the profile itself links nothing
     # D2's own settings leave D1 (04) as it is; D1's settings do not
     (base.stage_dir("04_dncnn_dequantization")).mkdir(parents=True)
     (base.stage_dir("04_dncnn_dequantization") / "results.json").write_text("{}")
     d2 = config.apply_overrides(base, {"variant": "d2", "dequant.ocr_guided_init": "d1", "dequant.word_margin": 4})
-    assert set(runner.link_earlier_stages(d2, "05_ocr_guided_refinement", log=lambda *a: None)) == {
-        "00_dataset", "01_mse_pretraining", "04_dncnn_dequantization"}
+    assert set(runner.link_earlier_stages(d2, ["05_ocr_guided_refinement"], log=lambda *a: None)) == {
+        "00_dataset", "04_dncnn_dequantization"}  # 05 reads 00 and 04 only
     d1 = config.apply_overrides(base, {"variant": "d1", "dequant.steps": 7})
-    assert set(runner.link_earlier_stages(d1, "05_ocr_guided_refinement", log=lambda *a: None)) == {
-        "00_dataset", "01_mse_pretraining"}
+    assert set(runner.link_earlier_stages(d1, ["05_ocr_guided_refinement"], log=lambda *a: None)) == {"00_dataset"}

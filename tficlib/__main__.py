@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the run becomes the variant 'custom' in data/<profile>-custom/")
     p.add_argument("--seed", type=int, default=None,
                    help="a training seed other than the profile's: the variant 'seed<N>' in data/<profile>-seed<N>/; "
-                        "stages before --from are linked from the profile's own run (same data, same earlier models)")
+                        "the earlier stages the run reads are linked from the profile's own run (same data, same earlier models)")
     p.add_argument("--dry-run", action="store_true",
                    help="the whole chain at the profile's shapes with a few images and steps per stage "
                         "(variant 'dryrun', data/<profile>-dryrun/): check a GPU machine before the long run; "

@@ -161,23 +161,39 @@ def _untouched(stage: str, changed: set[str]) -> bool:
     return not any(_concerns(stage, key) for key in changed) and all(_untouched(d, changed) for d in deps)
 
 
-def link_earlier_stages(cfg, first_stage: str, log=print) -> dict[str, str]:
-    """For a variant that starts at ``first_stage``: hard-link the earlier stages' folders from the profile's own.
+def _reads(stages) -> set[str]:
+    """The stages that ``stages`` read, directly or through another stage (06 reads every stage)."""
+    todo = [d for s in stages for d in (STAGE_SECTIONS[s][1] if s in STAGE_SECTIONS else STAGE_SECTIONS)]
+    seen: set[str] = set()
+    while todo:
+        stage = todo.pop()
+        if stage not in seen:
+            seen.add(stage)
+            todo.extend(STAGE_SECTIONS[stage][1])
+    return seen
 
-    Only stages the variant's settings do not concern (:data:`STAGE_SECTIONS`;
-    a training ``seed`` concerns only the stages that run) and that the
-    variant's folder lacks.  Returns ``{stage: source folder}``.
+
+def link_earlier_stages(cfg, stages, log=print) -> dict[str, str]:
+    """For a variant that runs the notebooks ``stages``: hard-link the earlier stages they read from the profile's own.
+
+    Only stages before the first one run that the run reads (:data:`STAGE_SECTIONS`),
+    that the variant's settings do not concern (a training ``seed`` concerns
+    only the stages that run) and that the variant's folder lacks: a stage the
+    run does not read is not linked, so a later run of it in the variant
+    trains its own instead of finding the profile's.  Returns ``{stage: source folder}``.
     """
     import shutil
 
-    if not cfg.variant or first_stage not in NOTEBOOK_STAGES:
+    stages = [stages] if isinstance(stages, str) else list(stages)
+    if not cfg.variant or not stages or stages[0] not in NOTEBOOK_STAGES:
         return {}
     changed = set(json.loads(cfg.overrides or "{}")) - {"seed", "variant"}
     base = cfg.data_dir.parent / cfg.name
+    read = _reads(stages)
     linked = {}
-    for stage in list(STAGE_SECTIONS)[:list(NOTEBOOK_STAGES).index(first_stage)]:
+    for stage in list(STAGE_SECTIONS)[:list(NOTEBOOK_STAGES).index(stages[0])]:
         src, dst = base / stage, cfg.stage_dir(stage)
-        if dst.exists() or not src.exists() or not _untouched(stage, changed):
+        if stage not in read or dst.exists() or not src.exists() or not _untouched(stage, changed):
             continue
         shutil.copytree(src, dst, copy_function=os.link)
         linked[stage] = str(src)
@@ -228,8 +244,8 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     a training ``seed`` other than the profile's (variant ``seed<N>``) make
     the run a variant: the notebooks get them through ``$TFIC_OVERRIDES`` and
     write to ``data/<profile>-<variant>/``.  A variant that starts after 00
-    takes the earlier stages its settings do not concern from the profile's
-    own folder (:func:`link_earlier_stages`).
+    takes the earlier stages it reads and its settings do not concern from
+    the profile's own folder (:func:`link_earlier_stages`).
     Returns one :class:`NotebookRun` per notebook; raises :class:`NotebookFailed`
     at the first failure.  Timings are merged into ``timings.json`` in ``cfg.data_dir``.
     """
@@ -244,7 +260,7 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     cfg = config.with_seed(cfg, seed)
     full = config.with_seed(full, seed)
     notebooks = list_notebooks(first, last)
-    link_earlier_stages(cfg, notebooks[0].stem, log=log)
+    link_earlier_stages(cfg, [nb.stem for nb in notebooks], log=log)
     executed_dir = cfg.data_dir / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
     timings_path = cfg.data_dir / "timings.json"
