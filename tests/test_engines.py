@@ -41,9 +41,13 @@ def test_a_missing_engine_is_a_named_error(monkeypatch):
         engines.TesseractEngine()
 
 
+_NO_TESSERACT = pytest.mark.skipif(engines.TesseractEngine.unavailable() is not None,
+                                   reason="tesseract is not installed here (apt install tesseract-ocr)")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["easyocr", "rapidocr"])
-def test_both_engines_import_and_read_a_clean_line(name):
+@pytest.mark.parametrize("name", ["easyocr", "rapidocr", pytest.param("tesseract", marks=_NO_TESSERACT)])
+def test_every_engine_imports_and_reads_a_clean_line(name):
     engine = ocr.get_engine(name, "cpu")
     lines = [_line("hello world"), _line("Quick 2024 fox")]
     read = engine.read_lines(lines)
@@ -57,6 +61,19 @@ def test_both_engines_import_and_read_a_clean_line(name):
     # a float tensor reads like the uint8 image it quantizes to
     as_tensor = torch.from_numpy(lines[0].copy()).permute(2, 0, 1).float() / 255
     assert engine.read_lines(as_tensor[None]) == read[:1]
+
+
+@_NO_TESSERACT
+def test_tesseract_reads_a_list_in_one_process_and_keeps_every_line_in_place():
+    engine = ocr.get_engine("tesseract", "cpu")
+    blank = np.full((64, 256, 3), 235, np.uint8)
+    texts = ["hello world", "Quick 2024 fox"]
+    read = engine.read_lines([blank, _line(texts[0]), blank, blank, _line(texts[1]), blank])
+    alone = engine.read_lines([blank])  # whatever Tesseract makes of an empty line, the same in a list
+    assert len(read) == 6 and read[0] == read[2] == read[3] == read[5] == alone[0]
+    assert [metrics.accuracy(t, p, case_sensitive=False) for t, p in zip(texts, (read[1], read[4]))] >= [0.8, 0.8]
+    assert read[1:2] == engine.read_lines([_line(texts[0])])  # the same reading alone as in a list
+    assert engine.read_lines([]) == []
 
 
 class _Counting(engines.Engine):

@@ -255,8 +255,11 @@ class TesseractEngine(Engine):
     """Tesseract's LSTM engine (``--oem 1``, English) through ``pytesseract``.
 
     ``read_lines`` uses page segmentation mode 7 (one text line), ``read_text``
-    mode 6 (one block of text), both on the grey image.  Needs the
-    ``tesseract`` binary (e.g. Debian's ``tesseract-ocr``) and ``pytesseract``.
+    mode 6 (one block of text), both on the grey image.  A list of images is
+    read by one ``tesseract`` process (a file listing the images: Tesseract's
+    multi-page input, one page per image), so the language model is loaded
+    once per call, not once per image.  Needs the ``tesseract`` binary (e.g.
+    Debian's ``tesseract-ocr``) and ``pytesseract``.
     """
 
     name = "tesseract"
@@ -273,13 +276,29 @@ class TesseractEngine(Engine):
         return None
 
     def _read(self, images, psm: int) -> list[str]:
+        import tempfile
+
         import pytesseract
+        from PIL import Image
 
         from .regions import join_words
 
-        config = f"--oem 1 --psm {psm}"
-        return [join_words(pytesseract.image_to_string(grey(rgb), lang="eng", config=config).split("\n"))
-                for rgb in as_image_list(images)]
+        imgs = as_image_list(images)
+        if not imgs:
+            return []
+        with tempfile.TemporaryDirectory(prefix="tficlib-tesseract-") as tmp:
+            paths = [Path(tmp) / f"{i:06d}.png" for i in range(len(imgs))]
+            for path, rgb in zip(paths, imgs):
+                Image.fromarray(grey(rgb)).save(path)
+            listing = Path(tmp) / "images.txt"
+            listing.write_text("".join(f"{path}\n" for path in paths))
+            raw = pytesseract.image_to_string(str(listing), lang="eng", config=f"--oem 1 --psm {psm}")
+        pages = raw.split("\f")  # Tesseract ends every page but the last with a form feed
+        if pages and not pages[-1].strip():
+            pages = pages[:-1] if len(pages) > len(imgs) else pages
+        if len(pages) != len(imgs):
+            raise RuntimeError(f"tesseract returned {len(pages)} pages for {len(imgs)} images")
+        return [join_words(page.split("\n")) for page in pages]
 
     def read_lines(self, images) -> list[str]:
         return self._read(images, 7)
@@ -287,11 +306,23 @@ class TesseractEngine(Engine):
     def read_text(self, images) -> list[str]:
         return self._read(images, 6)
 
+    @staticmethod
+    def _language_model() -> Path | None:
+        """``eng.traineddata`` in the directory ``tesseract --list-langs`` names, if found."""
+        import re
+        import subprocess
+
+        out = subprocess.run([shutil.which("tesseract"), "--list-langs"], capture_output=True, text=True).stdout
+        match = re.search(r'"([^"]+)"', out)
+        path = Path(match.group(1)) / "eng.traineddata" if match else None
+        return path if path is not None and path.is_file() else None
+
     def identity(self) -> dict:
         import pytesseract
 
-        return {"engine": self.name, "version": str(pytesseract.get_tesseract_version()),
-                "models": _hash_files((shutil.which("tesseract"),))}
+        model = self._language_model()
+        files = (shutil.which("tesseract"),) + ((str(model),) if model else ())
+        return {"engine": self.name, "version": str(pytesseract.get_tesseract_version()), "models": _hash_files(files)}
 
 
 # --------------------------------------------------------------------------- registry
