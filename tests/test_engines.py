@@ -74,6 +74,8 @@ def test_tesseract_reads_a_list_in_one_process_and_keeps_every_line_in_place():
     assert [metrics.accuracy(t, p, case_sensitive=False) for t, p in zip(texts, (read[1], read[4]))] >= [0.8, 0.8]
     assert read[1:2] == engine.read_lines([_line(texts[0])])  # the same reading alone as in a list
     assert engine.read_lines([]) == []
+    many = engine.read_lines([_line(texts[0]), blank] * 20)  # split over parallel processes, order kept
+    assert many == [read[1], alone[0]] * 20
 
 
 class _Counting(engines.Engine):

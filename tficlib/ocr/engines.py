@@ -67,6 +67,13 @@ class EngineUnavailable(RuntimeError):
 
 
 @functools.cache
+def _cpu_count() -> int:
+    """CPUs this process may use."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _hash_files(paths: tuple[str, ...]) -> str:
     """First 16 hex digits of the SHA-256 over the bytes of ``paths`` (in order)."""
     h = hashlib.sha256()
@@ -256,9 +263,10 @@ class TesseractEngine(Engine):
 
     ``read_lines`` uses page segmentation mode 7 (one text line), ``read_text``
     mode 6 (one block of text), both on the grey image.  A list of images is
-    read by one ``tesseract`` process (a file listing the images: Tesseract's
+    read by a few single-threaded ``tesseract`` processes in parallel (one per
+    CPU, each given a file listing its share of the images: Tesseract's
     multi-page input, one page per image), so the language model is loaded
-    once per call, not once per image.  Needs the ``tesseract`` binary (e.g.
+    once per process, not once per image.  Needs the ``tesseract`` binary (e.g.
     Debian's ``tesseract-ocr``) and ``pytesseract``.
     """
 
@@ -277,27 +285,45 @@ class TesseractEngine(Engine):
 
     def _read(self, images, psm: int) -> list[str]:
         import tempfile
+        from concurrent.futures import ThreadPoolExecutor
 
-        import pytesseract
         from PIL import Image
-
-        from .regions import join_words
 
         imgs = as_image_list(images)
         if not imgs:
             return []
+        n = max(1, min(_cpu_count(), len(imgs) // 16))
+        bounds = [len(imgs) * i // n for i in range(n + 1)]
         with tempfile.TemporaryDirectory(prefix="tficlib-tesseract-") as tmp:
             paths = [Path(tmp) / f"{i:06d}.png" for i in range(len(imgs))]
             for path, rgb in zip(paths, imgs):
                 Image.fromarray(grey(rgb)).save(path)
-            listing = Path(tmp) / "images.txt"
-            listing.write_text("".join(f"{path}\n" for path in paths))
-            raw = pytesseract.image_to_string(str(listing), lang="eng", config=f"--oem 1 --psm {psm}")
-        pages = raw.split("\f")  # Tesseract ends every page but the last with a form feed
-        if pages and not pages[-1].strip():
-            pages = pages[:-1] if len(pages) > len(imgs) else pages
-        if len(pages) != len(imgs):
-            raise RuntimeError(f"tesseract returned {len(pages)} pages for {len(imgs)} images")
+            chunks = [paths[a:b] for a, b in zip(bounds, bounds[1:])]
+            with ThreadPoolExecutor(n) as pool:
+                parts = list(pool.map(lambda chunk: self._run(chunk, psm), chunks))
+        return [text for part in parts for text in part]
+
+    @staticmethod
+    def _run(paths: list[Path], psm: int) -> list[str]:
+        """One ``tesseract`` process on the PNG pages ``paths`` (a list file), single-threaded."""
+        import os
+        import subprocess
+
+        from .regions import join_words
+
+        listing = paths[0].with_name(f"{paths[0].stem}.list.txt")
+        listing.write_text("".join(f"{path}\n" for path in paths))
+        # one OpenMP thread per process: on short lines Tesseract's threads cost far more than they save
+        env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+        cmd = [shutil.which("tesseract"), str(listing), "stdout", "-l", "eng", "--oem", "1", "--psm", str(psm)]
+        done = subprocess.run(cmd, capture_output=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"tesseract failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
+        pages = done.stdout.decode("utf-8").split("\f")  # every page but the last ends with a form feed
+        if pages and not pages[-1].strip() and len(pages) > len(paths):
+            pages = pages[:-1]
+        if len(pages) != len(paths):
+            raise RuntimeError(f"tesseract returned {len(pages)} pages for {len(paths)} images")
         return [join_words(page.split("\n")) for page in pages]
 
     def read_lines(self, images) -> list[str]:
