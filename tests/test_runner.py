@@ -180,6 +180,8 @@ def test_a_variant_links_only_the_earlier_stages_it_reads_and_does_not_retrain(t
     changed = config.apply_overrides(base, {"variant": "other", "codec.lambdas": [0.01]})
     assert set(runner.link_earlier_stages(changed, ["02_tfic_ocr_finetuning"], log=lambda *a: None)) == {"00_dataset"}
     assert runner.link_earlier_stages(base, ["02_tfic_ocr_finetuning"]) == {}  # the profile itself links nothing
+    with pytest.raises(TypeError, match="the list of stages run"):
+        runner.link_earlier_stages(changed, "02_tfic_ocr_finetuning")
     # D2's own settings leave D1 (04) as it is; D1's settings do not
     (base.stage_dir("04_dncnn_dequantization")).mkdir(parents=True)
     (base.stage_dir("04_dncnn_dequantization") / "results.json").write_text("{}")

@@ -93,7 +93,7 @@ def train_stage(prefix: str, profile: str | None = None, overrides: dict | None 
         if ctx.rank == 0:
             from .runner import link_earlier_stages
 
-            link_earlier_stages(cfg, stage, log=log)  # a variant takes the stages it does not retrain from the profile
+            link_earlier_stages(cfg, [stage], log=log)  # a variant takes the stages it does not retrain from the profile
         distributed.barrier()
         device = config.setup(cfg)
         if ctx.rank == 0:

@@ -184,7 +184,9 @@ def link_earlier_stages(cfg, stages, log=print) -> dict[str, str]:
     """
     import shutil
 
-    stages = [stages] if isinstance(stages, str) else list(stages)
+    if isinstance(stages, str):
+        raise TypeError(f"link_earlier_stages takes the list of stages run, got the string {stages!r}")
+    stages = list(stages)
     if not cfg.variant or not stages or stages[0] not in NOTEBOOK_STAGES:
         return {}
     changed = set(json.loads(cfg.overrides or "{}")) - {"seed", "variant"}

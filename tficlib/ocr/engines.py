@@ -66,7 +66,6 @@ class EngineUnavailable(RuntimeError):
     """An engine's package or binary is missing; the message says what to install."""
 
 
-@functools.cache
 def _cpu_count() -> int:
     """CPUs this process may use."""
     import os
@@ -74,6 +73,7 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+@functools.cache
 def _hash_files(paths: tuple[str, ...]) -> str:
     """First 16 hex digits of the SHA-256 over the bytes of ``paths`` (in order)."""
     h = hashlib.sha256()
@@ -259,7 +259,7 @@ class RapidOCREngine(Engine):
 # --------------------------------------------------------------------------- Tesseract
 @register
 class TesseractEngine(Engine):
-    """Tesseract's LSTM engine (``--oem 1``, English) through ``pytesseract``.
+    """Tesseract's LSTM engine (``--oem 1``, English): the ``tesseract`` program, ``pytesseract`` for its version.
 
     ``read_lines`` uses page segmentation mode 7 (one text line), ``read_text``
     mode 6 (one block of text), both on the grey image.  A list of images is
@@ -320,7 +320,7 @@ class TesseractEngine(Engine):
         if done.returncode != 0:
             raise RuntimeError(f"tesseract failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
         pages = done.stdout.decode("utf-8").split("\f")  # every page but the last ends with a form feed
-        if pages and not pages[-1].strip() and len(pages) > len(paths):
+        if len(pages) == len(paths) + 1 and not pages[-1].strip():
             pages = pages[:-1]
         if len(pages) != len(paths):
             raise RuntimeError(f"tesseract returned {len(pages)} pages for {len(paths)} images")
@@ -333,6 +333,7 @@ class TesseractEngine(Engine):
         return self._read(images, 6)
 
     @staticmethod
+    @functools.cache
     def _language_model() -> Path | None:
         """``eng.traineddata`` in the directory ``tesseract --list-langs`` names, if found."""
         import re
