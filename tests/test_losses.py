@@ -33,6 +33,26 @@ def test_rate_distortion_loss_is_r_plus_lambda_255sq_mse():
         losses.RateDistortionLoss(-0.1)
 
 
+def _text_line(seed=0):
+    x = torch.full((2, 3, 32, 128), 0.85)
+    x[:, :, 12:20, 10:110] = 0.3
+    return (x + 0.02 * torch.rand(x.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+
+
+def test_binary_distortion_measures_text_shapes_not_grey_levels():
+    x = _text_line()
+    same_shapes = (0.5 * x + 0.25).clamp(0, 1)  # lower contrast, same shapes under Otsu's threshold
+    lost = x.clone()
+    lost[:, :, 12:20, 60:110] = 0.85  # half the text gone
+    d_same, d_lost = losses.binary_distortion(same_shapes, x, 1.0), losses.binary_distortion(lost, x, 1.0)
+    assert float(d_same) < 1e-3 * 255**2 and float(d_lost) > 0.05 * 255**2
+    assert float(losses.distortion(same_shapes, x, 1.0)) > 0.01 * 255**2  # the plain pixel term sees the contrast
+    assert float(losses.binary_distortion(lost, x, 0.5)) == pytest.approx(0.5 * float(d_lost))
+    x_hat = lost.clone().requires_grad_(True)
+    losses.binary_distortion(x_hat, x, 1.0).backward()
+    assert x_hat.grad is not None and torch.isfinite(x_hat.grad).all() and float(x_hat.grad.abs().sum()) > 0
+
+
 def test_ocr_loss_checks_its_inputs():
     with pytest.raises(ValueError, match="B,3,H,W"):
         losses.ocr_loss(torch.rand(3, 64, 256), ["a"])

@@ -120,6 +120,8 @@ class TficCfg:
     robust_gamma: float = 0.1
     robust_pixel: float = 1.0  # the share of each stage-1 model's λ kept as a pixel term (0: λ = 0, as the paper)
     robust_strength: float = 0.0  # random views T of x̂ before the recognizer (tficlib.ocr.OCRViews; 0: none)
+    robust_binarize: float = 0.0  # share of views binarized at Otsu's threshold (OCRViews.binarize; 0: none)
+    robust_binary: float = 0.0  # share of λ_k on the binarized pixel term (losses.binary_distortion; 0: none)
 
 
 @dataclass(frozen=True)

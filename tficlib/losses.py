@@ -47,6 +47,21 @@ def distortion(x_hat: torch.Tensor, x: torch.Tensor, lmbda: float) -> torch.Tens
     return lmbda * 255**2 * F.mse_loss(x_hat, x)
 
 
+def binary_distortion(x_hat: torch.Tensor, x: torch.Tensor, lmbda: float, softness: float = 0.03) -> torch.Tensor:
+    """λ·255²·MSE(B_soft(x̂), B(x)): the pixel term on text shapes, as a binarizing OCR engine sees them.
+
+    B(x): the luma of x above its Otsu threshold (0/1); B_soft(x̂): the same at
+    x̂'s own threshold through a sigmoid of width ``softness``
+    (:func:`tficlib.ocr.views.soft_binarize`).  Our robust TFIC variant's term (not in the papers).
+    """
+    from .ocr.views import luma, otsu_threshold, soft_binarize
+
+    with torch.no_grad():
+        g = luma(x)
+        target = (g > otsu_threshold(g)[:, None, None, None]).to(x.dtype)
+    return lmbda * 255**2 * F.mse_loss(soft_binarize(x_hat, softness), target)
+
+
 class RateDistortionLoss(nn.Module):
     """Stage-1 loss L = R(ŷ, ẑ) + λ·255²·MSE(x, x̂) (TFIC paper Sec. III-B, γ = 0).
 

@@ -32,7 +32,15 @@ import torch
 import torch.nn.functional as F
 
 from . import codec, metrics, ocr
-from .losses import dct_loss, dct_loss_jpeg_grid, distortion, ocr_loss, rate_bpp, text_logit_loss
+from .losses import (
+    binary_distortion,
+    dct_loss,
+    dct_loss_jpeg_grid,
+    distortion,
+    ocr_loss,
+    rate_bpp,
+    text_logit_loss,
+)
 
 __all__ = [
     "Dequantization",
@@ -114,28 +122,33 @@ class TFIC(Objective):
     """Stage 2: L = λ·255²·MSE + R(ŷ, ẑ) + γ·L_OCR(G(x), T(x̂)) (TFIC Sec. III-B); batch = (images, labels).
 
     The paper's recipe is λ = 0, γ = 0.1.  L_OCR is the CTC loss of the frozen
-    EasyOCR recognizer (:func:`tficlib.losses.ocr_loss`).  ``views`` (our
-    robust variant): L_OCR on random views T(x̂) (:class:`tficlib.ocr.views.OCRViews`).
+    EasyOCR recognizer (:func:`tficlib.losses.ocr_loss`).  Our robust variant:
+    ``views``, L_OCR on random views T(x̂) (:class:`tficlib.ocr.views.OCRViews`);
+    ``binary`` > 0 adds binary·255²·MSE(B_soft(x̂), B(x)) (:func:`tficlib.losses.binary_distortion`).
     """
 
     gamma: float
     lmbda: float = 0.0
     ste: bool = True
     views: Any = None
+    binary: float = 0.0
 
     def __post_init__(self):
-        if self.gamma < 0 or self.lmbda < 0:
-            raise ValueError(f"γ and λ must be >= 0, got γ={self.gamma}, λ={self.lmbda}")
+        if self.gamma < 0 or self.lmbda < 0 or self.binary < 0:
+            raise ValueError(f"γ, λ and the binary weight must be >= 0, got γ={self.gamma}, λ={self.lmbda}, "
+                             f"binary={self.binary}")
 
     @property
     def name(self) -> str:
-        robust = ", views" if self.views is not None else ""
+        robust = (", views" if self.views is not None else "") + (f", binary={self.binary:g}" if self.binary else "")
         return f"tfic(gamma={self.gamma:g}, lambda={self.lmbda:g}, ste={self.ste}{robust})"
 
     def params(self) -> dict:
         params = {"objective": "tfic", "gamma": float(self.gamma), "lambda": float(self.lmbda), "ste": bool(self.ste)}
         if self.views is not None:  # only then, so that the paper recipe's fingerprints stay what they were
             params["views"] = self.views.params()
+        if self.binary:
+            params["binary"] = float(self.binary)
         return params
 
     def __call__(self, model, batch) -> dict:
@@ -147,6 +160,8 @@ class TFIC(Objective):
         loss = bpp + self.gamma * l_ocr
         if self.lmbda:
             loss = loss + distortion(out["x_hat"], x, self.lmbda)
+        if self.binary:
+            loss = loss + binary_distortion(out["x_hat"], x, self.binary)
         return {"loss": loss, "bpp": bpp, "ocr": l_ocr, "mse": F.mse_loss(out["x_hat"], x),
                 "psnr": _psnr(out["x_hat"], x)}
 

@@ -167,10 +167,13 @@ def gamma_sweep(cfg, train_set, device, seed: int = 0, retrain: bool = False) ->
 
 
 def robust_views(cfg):
-    """The random views of the robust variant (:class:`tficlib.ocr.OCRViews`), None at strength 0."""
+    """The random views of the robust variant (:class:`tficlib.ocr.OCRViews`), None without jitter or binarization."""
     from .ocr import OCRViews
 
-    return OCRViews(strength=cfg.tfic.robust_strength) if cfg.tfic.robust_strength > 0 else None
+    t = cfg.tfic
+    if t.robust_strength == 0 and t.robust_binarize == 0:
+        return None
+    return OCRViews(strength=t.robust_strength, binarize=t.robust_binarize)
 
 
 def robust_sweep(cfg, train_set, device, seed: int = 0, retrain: bool = False) -> list[Run]:
@@ -179,7 +182,10 @@ def robust_sweep(cfg, train_set, device, seed: int = 0, retrain: bool = False) -
     From every stage-1 model k (λ_k), like :func:`mse_controls`, with the pixel
     term the paper drops kept at ``p = cfg.tfic.robust_pixel`` of λ_k,
     γ = ``cfg.tfic.robust_gamma`` and, at ``cfg.tfic.robust_strength > 0``, the
-    recognizer reading random views T(x̂) (:func:`robust_views`).  The
+    recognizer reading random views T(x̂) (:func:`robust_views`; at
+    ``cfg.tfic.robust_binarize > 0`` that share of them binarized) and, at
+    ``cfg.tfic.robust_binary > 0``, a pixel term on binarized shapes of
+    ``robust_binary·λ_k`` (:func:`tficlib.losses.binary_distortion`).  The
     stage-1 λ is the rate knob, so the curve spans the MSE codec's rates.
     Nothing is trained when ``cfg.tfic.robust`` is False.
     """
@@ -190,11 +196,14 @@ def robust_sweep(cfg, train_set, device, seed: int = 0, retrain: bool = False) -
     runs = []
     for k, lam in enumerate(cfg.codec.lambdas):
         name = f"tfic_robust_from{k}_gamma{t.robust_gamma:g}_pixel{t.robust_pixel:g}_views{t.robust_strength:g}"
-        objective = TFIC(t.robust_gamma, t.robust_pixel * lam, ste=t.ste, views=views)
+        name += (f"_bin{t.robust_binarize:g}" if t.robust_binarize else "") + (
+            f"_shape{t.robust_binary:g}" if t.robust_binary else "")
+        objective = TFIC(t.robust_gamma, t.robust_pixel * lam, ste=t.ste, views=views, binary=t.robust_binary * lam)
         res = finetune(cfg, train_set, device, k, objective, name, seed, retrain)
         runs.append(_save(cfg, STAGE2, "tfic_robust", k, res,
                           {"gamma": t.robust_gamma, "lambda": t.robust_pixel * lam, "start": k,
-                           "pixel": t.robust_pixel, "views": None if views is None else views.params()}))
+                           "pixel": t.robust_pixel, "views": None if views is None else views.params(),
+                           **({"binary": t.robust_binary} if t.robust_binary else {})}))
     return runs
 
 

@@ -64,14 +64,14 @@ from .regions import (
     recognize_regions,
     region_logits,
 )
-from .views import OCRViews
+from .views import OCRViews, otsu_threshold
 
 __all__ = [
     "CHARSET", "ENGINES", "GREY_WEIGHTS", "NUM_CLASSES", "RECOGNIZER_HEIGHT", "TRAINING_ENGINE",
     "Engine", "EngineUnavailable", "OCRViews", "Recognizer",
     "as_image_list", "as_saved", "as_uint8_rgb", "available_engines", "bucket_width", "crop_boxes", "ctc_loss",
     "detect_boxes", "encode_labels", "get_engine", "get_reader", "get_recognizer", "greedy_decode", "grey",
-    "join_words", "judges", "line_box", "line_logits", "match_words", "pad_crops", "read_lines", "read_text",
-    "reading_order", "recognize_crops", "recognize_regions", "recognizer_logits", "region_logits", "register",
+    "join_words", "judges", "line_box", "line_logits", "match_words", "otsu_threshold", "pad_crops", "read_lines",
+    "read_text", "reading_order", "recognize_crops", "recognize_regions", "recognizer_logits", "region_logits", "register",
     "to_charset",
 ]

@@ -19,11 +19,17 @@ codec keep text that survives all of them.
 * an affine map: scale ~ U(1 − ``scale``, 1 + ``scale`` / 2), rotation
   ~ U(±``degrees``), shift up to ``shift`` of the size (bilinear, border
   pixels repeated; :func:`torch.nn.functional.affine_grid`);
-* additive Gaussian noise of σ ~ U(0, ``noise``).
+* additive Gaussian noise of σ ~ U(0, ``noise``);
+* last, a soft binarization (probability ``binarize``, independent of
+  ``strength``): sigmoid((g − t) / ``softness``) of the luma g at the image's
+  Otsu threshold t (computed without gradient), the global thresholding that
+  engines such as Tesseract apply before they read.  Strokes fainter than the
+  texture around them vanish in this view, so the OCR loss asks for strokes
+  that survive a threshold.
 
 Every step is differentiable in x̂; randomness comes from torch's global
 generator, which the training loop seeds and checkpoints.  ``strength``
-scales every range at once (0: the identity).
+scales every range but ``binarize`` at once (0 and ``binarize`` 0: the identity).
 """
 
 from __future__ import annotations
@@ -34,7 +40,45 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["OCRViews"]
+from .recognizer import GREY_WEIGHTS
+
+__all__ = ["OCRViews", "luma", "otsu_threshold", "soft_binarize"]
+
+def otsu_threshold(grey: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Otsu's threshold of each image of a batch (B, 1, H, W) in [0, 1]: the t maximizing the between-class variance.
+
+    Returns (B,) thresholds, each half a bin above the last bin of the dark class (OpenCV's
+    ``THRESH_OTSU`` level), or the middle of an empty gap between the classes.
+    """
+    if grey.dim() != 4 or grey.shape[1] != 1:
+        raise ValueError(f"otsu_threshold expects grey images (B,1,H,W), got {tuple(grey.shape)}")
+    b = grey.shape[0]
+    idx = (grey.reshape(b, -1).clamp(0, 1) * (bins - 1)).round().long()
+    hist = torch.zeros(b, bins, device=grey.device, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones_like(idx, dtype=torch.float64))
+    p = hist / hist.sum(dim=1, keepdim=True)
+    levels = torch.arange(bins, device=grey.device, dtype=torch.float64) / (bins - 1)
+    w0 = p.cumsum(dim=1)
+    m0 = (p * levels).cumsum(dim=1)
+    mean = m0[:, -1:]
+    between = (mean * w0 - m0) ** 2 / (w0 * (1 - w0)).clamp_min(1e-12)
+    # a gap between the classes (empty bins) is a plateau of equal variance: take its middle, not its first bin
+    top = between >= between.max(dim=1, keepdim=True).values * (1 - 1e-9)
+    first = top.to(torch.int8).argmax(dim=1)
+    last = bins - 1 - top.flip(1).to(torch.int8).argmax(dim=1)
+    k = (first + last).to(torch.float64) / 2
+    return ((k + 0.5) / (bins - 1)).to(grey.dtype)
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """Grey (B, 1, H, W) of RGB images (B, 3, H, W) with the recognizer's weights (:data:`GREY_WEIGHTS`)."""
+    return (x * x.new_tensor(GREY_WEIGHTS)[None, :, None, None]).sum(dim=1, keepdim=True)
+
+
+def soft_binarize(x: torch.Tensor, softness: float = 0.03) -> torch.Tensor:
+    """sigmoid((g − t) / softness) of the luma g at its Otsu threshold t (no gradient through t): (B, 1, H, W)."""
+    g = luma(x)
+    return torch.sigmoid((g - otsu_threshold(g.detach())[:, None, None, None]) / softness)
 
 
 @dataclass(frozen=True)
@@ -51,11 +95,15 @@ class OCRViews:
     degrees: float = 2.0
     shift: float = 0.04
     noise: float = 0.04
+    binarize: float = 0.0
+    softness: float = 0.03
 
     def __post_init__(self):
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"view strength must be in [0, 1], got {self.strength}")
-        for name in ("p_mix", "p_blur"):
+        if not self.softness > 0:
+            raise ValueError(f"binarization softness must be > 0, got {self.softness}")
+        for name in ("p_mix", "p_blur", "binarize"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.contrast < 1.0 or not 0.0 <= self.scale < 1.0:
@@ -69,8 +117,19 @@ class OCRViews:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"OCRViews expects a batch (B,3,H,W), got {tuple(x.shape)}")
         s = self.strength
-        if s == 0:
-            return x
+        if s > 0:
+            x = self._jitter(x, s)
+        if self.binarize > 0:
+            x = self._binarize(x)
+        return x
+
+    def _binarize(self, x: torch.Tensor) -> torch.Tensor:
+        """Soft Otsu binarization of the luma for a ``binarize`` share of the images, as three equal channels."""
+        binary = soft_binarize(x, self.softness).expand_as(x)
+        on = (torch.rand(x.shape[0], device=x.device) < self.binarize).to(x.dtype)[:, None, None, None]
+        return on * binary + (1 - on) * x
+
+    def _jitter(self, x: torch.Tensor, s: float) -> torch.Tensor:
         b, dev, dt = x.shape[0], x.device, x.dtype
 
         def uniform(low, high):
