@@ -3,7 +3,7 @@ import json
 import nbformat
 import pytest
 
-from tficlib import config, runner
+from tficlib import artifacts, config, runner
 
 
 def _notebook(path, *sources, parameters='PROFILE = "auto"'):
@@ -190,3 +190,38 @@ def test_a_variant_links_only_the_earlier_stages_it_reads_and_does_not_retrain(t
         "00_dataset", "04_dncnn_dequantization"}  # 05 reads 00 and 04 only
     d1 = config.apply_overrides(base, {"variant": "d1", "dequant.steps": 7})
     assert set(runner.link_earlier_stages(d1, ["05_ocr_guided_refinement"], log=lambda *a: None)) == {"00_dataset"}
+
+
+def test_a_variant_reuses_the_profiles_runs_its_settings_leave_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFIC_DATA", str(tmp_path))
+    base = config.resolve("smoke", device="cpu")
+    ckpts = base.stage_dir("02_tfic_ocr_finetuning") / "checkpoints"
+    ckpts.mkdir(parents=True)
+    for name in ("tfic_from1_gamma0.1.ckpt", "tfic_from1_gamma0.1.log.json"):
+        (ckpts / name).write_text(name)
+    (ckpts.parent / "eval" / "rapidocr").mkdir(parents=True)
+    (ckpts.parent / "eval" / "rapidocr" / "tfic_0.json").write_text("{}")
+    (ckpts.parent / "models").mkdir()
+    (ckpts.parent / "models" / "tfic_0.pt").write_text("model")  # saved again by the variant, not linked
+    stages = ["02_tfic_ocr_finetuning"]
+    robust = config.apply_overrides(base, {"variant": "shape", "tfic.robust_binary": 0.5})
+    assert runner.link_reusable(robust, stages, log=lambda *a: None) == {"02_tfic_ocr_finetuning": 3}
+    linked = robust.stage_dir("02_tfic_ocr_finetuning") / "checkpoints" / "tfic_from1_gamma0.1.ckpt"
+    assert linked.samefile(ckpts / "tfic_from1_gamma0.1.ckpt")
+    assert (robust.stage_dir("02_tfic_ocr_finetuning") / "eval" / "rapidocr" / "tfic_0.json").is_file()
+    assert not (robust.stage_dir("02_tfic_ocr_finetuning") / "models").exists()
+    assert runner.link_reusable(robust, stages, log=lambda *a: None) == {}  # what the variant has stays
+    # a new checkpoint replaces the link atomically: the profile's file keeps its content
+    artifacts.write_json(linked, {"retrained": True})
+    assert (ckpts / "tfic_from1_gamma0.1.ckpt").read_text() == "tfic_from1_gamma0.1.ckpt"
+    # nothing to reuse: another seed (every fingerprint holds it), changed inputs (stage 1), the profile itself
+    for cfg in (config.apply_overrides(base, {"variant": "s", "seed": 5, "tfic.robust_binary": 0.5}),
+                config.apply_overrides(base, {"variant": "c", "codec.lambdas": [0.01]}), base):
+        assert runner.link_reusable(cfg, stages, log=lambda *a: None) == {}
+        assert not (cfg.stage_dir("02_tfic_ocr_finetuning") / "checkpoints" / "tfic_from1_gamma0.1.ckpt").exists() \
+            or cfg is base
+    # evaluation amounts do not concern training
+    assert runner.link_reusable(config.apply_overrides(base, {"variant": "e", "eval.n_test": 4}), stages,
+                                   log=lambda *a: None) == {"02_tfic_ocr_finetuning": 3}
+    with pytest.raises(TypeError, match="the list of stages run"):
+        runner.link_reusable(robust, "02_tfic_ocr_finetuning")

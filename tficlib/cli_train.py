@@ -91,9 +91,10 @@ def train_stage(prefix: str, profile: str | None = None, overrides: dict | None 
     ctx = distributed.init_from_env(cfg.device)
     try:
         if ctx.rank == 0:
-            from .runner import link_earlier_stages
+            from .runner import link_earlier_stages, link_reusable
 
             link_earlier_stages(cfg, [stage], log=log)  # a variant takes the stages it does not retrain from the profile
+            link_reusable(cfg, [stage], log=log)  # ... and the runs its settings leave as they were
         distributed.barrier()
         device = config.setup(cfg)
         if ctx.rank == 0:

@@ -203,6 +203,58 @@ def link_earlier_stages(cfg, stages, log=print) -> dict[str, str]:
     return linked
 
 
+#: Folders of a stage whose files say what they were made with, so that a variant may reuse them: training
+#: checkpoints (fingerprints, :func:`tficlib.train.train`) and evaluation caches (signatures, :func:`tficlib.evaluate.signature`).
+REUSABLE = ("checkpoints", "eval")
+
+
+def link_reusable(cfg, stages, log=print) -> dict[str, int]:
+    """For a variant that runs ``stages``: hard-link the profile's checkpoints and evaluation caches of those stages.
+
+    A training run whose fingerprint (objective, steps, seed, data size ...)
+    matches its linked checkpoint is reused, and an evaluation whose signature
+    (model file hash, labels, engine) matches its linked cache is read back;
+    anything else is computed again and replaces its link (written
+    atomically, so the profile's file never changes).  A variant that changes
+    one setting of 02 thus trains and evaluates only the runs that setting
+    concerns.  Nothing is linked for a stage whose inputs the variant changes
+    (a checkpoint does not record which earlier models it started from) or
+    for a variant with another training ``seed`` (every fingerprint holds it).
+    Returns ``{stage: files linked}``.
+    """
+    import shutil
+
+    if isinstance(stages, str):
+        raise TypeError(f"link_reusable takes the list of stages run, got the string {stages!r}")
+    changed = {k for k in json.loads(cfg.overrides or "{}") if k != "variant" and not k.startswith("eval.")}
+    if not cfg.variant or "seed" in changed:
+        return {}
+    base = cfg.data_dir.parent / cfg.name
+    linked = {}
+    for stage in stages:
+        deps = STAGE_SECTIONS.get(stage, (set(), ()))[1]
+        if not all(_untouched(d, changed) for d in deps):
+            continue
+        n = 0
+        for folder in REUSABLE:
+            src = base / stage / folder
+            for f in sorted(src.rglob("*")) if src.is_dir() else ():
+                dst = cfg.stage_dir(stage) / folder / f.relative_to(src)
+                if not f.is_file() or dst.exists():
+                    continue
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(f, dst)
+                except OSError:  # another file system: a copy
+                    shutil.copy2(f, dst)
+                n += 1
+        if n:
+            linked[stage] = n
+            log(f"tficlib: {n} checkpoints and evaluation caches of {stage} linked from {base / stage}: what the "
+                f"variant's settings leave unchanged is reused, the rest is computed")
+    return linked
+
+
 #: Where the measured (cpu) and estimated (paper) minutes per notebook live: the README's table is made from it.
 EXPECTED_SOURCE = "docs/timings.json"
 
@@ -247,7 +299,9 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     the run a variant: the notebooks get them through ``$TFIC_OVERRIDES`` and
     write to ``data/<profile>-<variant>/``.  A variant that starts after 00
     takes the earlier stages it reads and its settings do not concern from
-    the profile's own folder (:func:`link_earlier_stages`).
+    the profile's own folder (:func:`link_earlier_stages`), and the training
+    checkpoints and evaluation caches of the stages it runs, so that runs its
+    settings do not change are reused (:func:`link_reusable`).
     Returns one :class:`NotebookRun` per notebook; raises :class:`NotebookFailed`
     at the first failure.  Timings are merged into ``timings.json`` in ``cfg.data_dir``.
     """
@@ -263,6 +317,7 @@ def run_pipeline(profile: str = "auto", first: str | None = None, last: str | No
     full = config.with_seed(full, seed)
     notebooks = list_notebooks(first, last)
     link_earlier_stages(cfg, [nb.stem for nb in notebooks], log=log)
+    link_reusable(cfg, [nb.stem for nb in notebooks], log=log)
     executed_dir = cfg.data_dir / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
     timings_path = cfg.data_dir / "timings.json"
