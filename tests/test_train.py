@@ -234,7 +234,9 @@ def test_ocr_loss_decreases_through_the_codec_while_the_recognizer_stays_frozen(
     res = T.train(model, TFIC(gamma=1.0), data,
                   **_kw(tmp_path, steps=6, batch_size=2, lr=3e-3, aux_steps=0))
     ocr_losses = [r["ocr"] for r in res.log]
-    assert ocr_losses[-1] < ocr_losses[0], ocr_losses
+    # an untrained tiny codec's CTC loss is jumpy step to step (and differs across CPUs), so the test asks
+    # that the OCR gradient lowers it well below its start at some step, not that the last step is the lowest
+    assert min(ocr_losses[1:]) < 0.8 * ocr_losses[0], ocr_losses
     after = recognizer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(p.requires_grad for p in recognizer.parameters())
