@@ -53,6 +53,38 @@ def test_binary_distortion_measures_text_shapes_not_grey_levels():
     assert x_hat.grad is not None and torch.isfinite(x_hat.grad).all() and float(x_hat.grad.abs().sum()) > 0
 
 
+def test_text_mask_is_the_dark_ink_dilated_by_its_radius():
+    x = _text_line()
+    mask = losses.text_mask(x, radius=2)
+    assert mask.shape == (2, 1, 32, 128)
+    assert bool((mask[:, :, 10:22, 8:112] == 1).all())  # the bar rows 12:20, cols 10:110, grown by 2 pixels
+    assert float(mask.sum()) == 2 * 12 * 104
+    assert float(losses.text_mask(x, radius=0).sum()) == 2 * 8 * 100
+    with pytest.raises(ValueError, match="radius must be >= 0"):
+        losses.text_mask(x, radius=-1)
+
+
+def test_text_weighted_distortion_weighs_the_background_down():
+    x = _text_line()
+    off_text = x.clone()
+    off_text[:, :, 0:6, :] = 0.6  # an error in the background only
+    on_text = x.clone()
+    on_text[:, :, 12:20, 10:110] = 0.6  # an error on the text only
+    for x_hat in (off_text, on_text):
+        assert float(losses.text_weighted_distortion(x_hat, x, 0.01, 1.0)) == pytest.approx(
+            float(losses.distortion(x_hat, x, 0.01)))
+    assert float(losses.text_weighted_distortion(off_text, x, 0.01, 0.0)) == 0.0
+    assert float(losses.text_weighted_distortion(off_text, x, 0.01, 0.25)) == pytest.approx(
+        0.25 * float(losses.distortion(off_text, x, 0.01)))
+    assert float(losses.text_weighted_distortion(on_text, x, 0.01, 0.0)) == pytest.approx(
+        float(losses.distortion(on_text, x, 0.01)))
+    x_hat = off_text.clone().requires_grad_(True)
+    losses.text_weighted_distortion(x_hat, x, 0.01, 0.5).backward()
+    assert torch.isfinite(x_hat.grad).all() and float(x_hat.grad[:, :, 0:6].abs().sum()) > 0
+    with pytest.raises(ValueError, match=r"background weight must be in \[0, 1\]"):
+        losses.text_weighted_distortion(x, x, 0.01, 1.5)
+
+
 def test_ocr_loss_checks_its_inputs():
     with pytest.raises(ValueError, match="B,3,H,W"):
         losses.ocr_loss(torch.rand(3, 64, 256), ["a"])

@@ -115,6 +115,9 @@ def test_views_enter_the_fingerprint_only_when_set():
     assert "binary" not in plain and TFIC(0.1, binary=0.2).params()["binary"] == 0.2
     with pytest.raises(ValueError, match="binary weight must be >= 0"):
         TFIC(0.1, binary=-1.0)
+    assert "background" not in plain and TFIC(0.1, 0.001, background=0.1).params()["background"] == 0.1
+    with pytest.raises(ValueError, match=r"background weight must be in \[0, 1\]"):
+        TFIC(0.1, background=-0.5)
 
 
 def test_robust_views_follow_the_profile():
@@ -128,7 +131,7 @@ def test_robust_views_follow_the_profile():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("settings", [{"robust_strength": 0.0}, {"robust_strength": 1.0},
-                                      {"robust_binarize": 1.0, "robust_binary": 0.5}])
+                                      {"robust_binarize": 1.0, "robust_binary": 0.5}, {"robust_background": 0.1}])
 def test_robust_sweep_trains_one_model_per_stage1_model(tmp_path, monkeypatch, settings):
     monkeypatch.setenv("TFIC_DATA", str(tmp_path))
     cfg = config.resolve("smoke", device="cpu").with_overrides(tfic={"steps": 2, "robust_pixel": 0.5, **settings})
@@ -151,5 +154,7 @@ def test_robust_sweep_trains_one_model_per_stage1_model(tmp_path, monkeypatch, s
     assert meta.get("binary", 0.0) == settings.get("robust_binary", 0.0)
     shaped = [c.name for c in tmp_path.rglob("tfic_robust_from0_*.ckpt") if "_bin1_shape0.5" in c.name]
     assert len(shaped) == ("robust_binary" in settings)
+    assert meta.get("background", 1.0) == settings.get("robust_background", 1.0)
+    assert len([c for c in tmp_path.rglob("tfic_robust_from0_*_bg0.1.ckpt")]) == ("robust_background" in settings)
     assert all(len(r.log) == 2 and all(torch.isfinite(torch.tensor(row["ocr"])) for row in r.log) for r in runs)
     assert tfic.robust_sweep(cfg.with_overrides(tfic={"robust": False}), data, "cpu") == []

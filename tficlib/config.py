@@ -122,6 +122,7 @@ class TficCfg:
     robust_strength: float = 0.0  # random views T of x̂ before the recognizer (tficlib.ocr.OCRViews; 0: none)
     robust_binarize: float = 0.0  # share of views binarized at Otsu's threshold (OCRViews.binarize; 0: none)
     robust_binary: float = 0.0  # share of λ_k on the binarized pixel term (losses.binary_distortion; 0: none)
+    robust_background: float = 1.0  # pixel term's weight off the text (losses.text_weighted_distortion; 1: plain MSE)
 
 
 @dataclass(frozen=True)

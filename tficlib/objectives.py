@@ -40,6 +40,7 @@ from .losses import (
     ocr_loss,
     rate_bpp,
     text_logit_loss,
+    text_weighted_distortion,
 )
 
 __all__ = [
@@ -124,7 +125,9 @@ class TFIC(Objective):
     The paper's recipe is λ = 0, γ = 0.1.  L_OCR is the CTC loss of the frozen
     EasyOCR recognizer (:func:`tficlib.losses.ocr_loss`).  Our robust variant:
     ``views``, L_OCR on random views T(x̂) (:class:`tficlib.ocr.views.OCRViews`);
-    ``binary`` > 0 adds binary·255²·MSE(B_soft(x̂), B(x)) (:func:`tficlib.losses.binary_distortion`).
+    ``binary`` > 0 adds binary·255²·MSE(B_soft(x̂), B(x)) (:func:`tficlib.losses.binary_distortion`);
+    ``background`` < 1 weighs the pixel term by that much off the text
+    (:func:`tficlib.losses.text_weighted_distortion`).
     """
 
     gamma: float
@@ -132,15 +135,19 @@ class TFIC(Objective):
     ste: bool = True
     views: Any = None
     binary: float = 0.0
+    background: float = 1.0
 
     def __post_init__(self):
         if self.gamma < 0 or self.lmbda < 0 or self.binary < 0:
             raise ValueError(f"γ, λ and the binary weight must be >= 0, got γ={self.gamma}, λ={self.lmbda}, "
                              f"binary={self.binary}")
+        if not 0.0 <= self.background <= 1.0:
+            raise ValueError(f"the background weight must be in [0, 1], got {self.background}")
 
     @property
     def name(self) -> str:
         robust = (", views" if self.views is not None else "") + (f", binary={self.binary:g}" if self.binary else "")
+        robust += f", background={self.background:g}" if self.background != 1 else ""
         return f"tfic(gamma={self.gamma:g}, lambda={self.lmbda:g}, ste={self.ste}{robust})"
 
     def params(self) -> dict:
@@ -149,6 +156,8 @@ class TFIC(Objective):
             params["views"] = self.views.params()
         if self.binary:
             params["binary"] = float(self.binary)
+        if self.background != 1:
+            params["background"] = float(self.background)
         return params
 
     def __call__(self, model, batch) -> dict:
@@ -158,7 +167,9 @@ class TFIC(Objective):
         bpp = rate_bpp(out["likelihoods"], n * h * w)
         l_ocr = ocr_loss(out["x_hat"], labels, views=self.views)
         loss = bpp + self.gamma * l_ocr
-        if self.lmbda:
+        if self.lmbda and self.background != 1:
+            loss = loss + text_weighted_distortion(out["x_hat"], x, self.lmbda, self.background)
+        elif self.lmbda:
             loss = loss + distortion(out["x_hat"], x, self.lmbda)
         if self.binary:
             loss = loss + binary_distortion(out["x_hat"], x, self.binary)

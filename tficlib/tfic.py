@@ -185,7 +185,9 @@ def robust_sweep(cfg, train_set, device, seed: int = 0, retrain: bool = False) -
     recognizer reading random views T(x̂) (:func:`robust_views`; at
     ``cfg.tfic.robust_binarize > 0`` that share of them binarized) and, at
     ``cfg.tfic.robust_binary > 0``, a pixel term on binarized shapes of
-    ``robust_binary·λ_k`` (:func:`tficlib.losses.binary_distortion`).  The
+    ``robust_binary·λ_k`` (:func:`tficlib.losses.binary_distortion`); at
+    ``cfg.tfic.robust_background < 1`` the pixel term weighs the background
+    by that much (:func:`tficlib.losses.text_weighted_distortion`).  The
     stage-1 λ is the rate knob, so the curve spans the MSE codec's rates.
     Nothing is trained when ``cfg.tfic.robust`` is False.
     """
@@ -197,13 +199,16 @@ def robust_sweep(cfg, train_set, device, seed: int = 0, retrain: bool = False) -
     for k, lam in enumerate(cfg.codec.lambdas):
         name = f"tfic_robust_from{k}_gamma{t.robust_gamma:g}_pixel{t.robust_pixel:g}_views{t.robust_strength:g}"
         name += (f"_bin{t.robust_binarize:g}" if t.robust_binarize else "") + (
-            f"_shape{t.robust_binary:g}" if t.robust_binary else "")
-        objective = TFIC(t.robust_gamma, t.robust_pixel * lam, ste=t.ste, views=views, binary=t.robust_binary * lam)
+            f"_shape{t.robust_binary:g}" if t.robust_binary else "") + (
+            f"_bg{t.robust_background:g}" if t.robust_background != 1 else "")
+        objective = TFIC(t.robust_gamma, t.robust_pixel * lam, ste=t.ste, views=views, binary=t.robust_binary * lam,
+                         background=t.robust_background)
         res = finetune(cfg, train_set, device, k, objective, name, seed, retrain)
         runs.append(_save(cfg, STAGE2, "tfic_robust", k, res,
                           {"gamma": t.robust_gamma, "lambda": t.robust_pixel * lam, "start": k,
                            "pixel": t.robust_pixel, "views": None if views is None else views.params(),
-                           **({"binary": t.robust_binary} if t.robust_binary else {})}))
+                           **({"binary": t.robust_binary} if t.robust_binary else {}),
+                           **({"background": t.robust_background} if t.robust_background != 1 else {})}))
     return runs
 
 
