@@ -54,24 +54,19 @@ def binary_distortion(x_hat: torch.Tensor, x: torch.Tensor, lmbda: float, softne
     x̂'s own threshold through a sigmoid of width ``softness``
     (:func:`tficlib.ocr.views.soft_binarize`).  Our robust TFIC variant's term (not in the papers).
     """
-    from .ocr.views import luma, otsu_threshold, soft_binarize
+    from .ocr.views import hard_binarize, soft_binarize
 
-    with torch.no_grad():
-        g = luma(x)
-        target = (g > otsu_threshold(g)[:, None, None, None]).to(x.dtype)
-    return lmbda * 255**2 * F.mse_loss(soft_binarize(x_hat, softness), target)
+    return lmbda * 255**2 * F.mse_loss(soft_binarize(x_hat, softness), hard_binarize(x))
 
 
 def text_mask(x: torch.Tensor, radius: int = 2) -> torch.Tensor:
     """Where the text is: luma of x at or below its Otsu threshold (dark ink), dilated by ``radius`` pixels; (B, 1, H, W) 0/1."""
-    from .ocr.views import luma, otsu_threshold
+    from .ocr.views import hard_binarize
 
     if radius < 0:
         raise ValueError(f"the dilation radius must be >= 0, got {radius}")
-    with torch.no_grad():
-        g = luma(x)
-        ink = (g <= otsu_threshold(g)[:, None, None, None]).to(x.dtype)
-        return F.max_pool2d(ink, 2 * radius + 1, stride=1, padding=radius) if radius else ink
+    ink = 1 - hard_binarize(x)
+    return F.max_pool2d(ink, 2 * radius + 1, stride=1, padding=radius) if radius else ink
 
 
 def text_weighted_distortion(x_hat: torch.Tensor, x: torch.Tensor, lmbda: float, background: float,
@@ -84,6 +79,8 @@ def text_weighted_distortion(x_hat: torch.Tensor, x: torch.Tensor, lmbda: float,
     """
     if not 0.0 <= background <= 1.0:
         raise ValueError(f"the background weight must be in [0, 1], got {background}")
+    if background == 1:
+        return distortion(x_hat, x, lmbda)
     w = background + (1.0 - background) * text_mask(x, radius)
     return lmbda * 255**2 * (w * (x_hat - x) ** 2).mean()
 

@@ -167,10 +167,8 @@ class TFIC(Objective):
         bpp = rate_bpp(out["likelihoods"], n * h * w)
         l_ocr = ocr_loss(out["x_hat"], labels, views=self.views)
         loss = bpp + self.gamma * l_ocr
-        if self.lmbda and self.background != 1:
+        if self.lmbda:  # background 1: the plain pixel term, losses.distortion
             loss = loss + text_weighted_distortion(out["x_hat"], x, self.lmbda, self.background)
-        elif self.lmbda:
-            loss = loss + distortion(out["x_hat"], x, self.lmbda)
         if self.binary:
             loss = loss + binary_distortion(out["x_hat"], x, self.binary)
         return {"loss": loss, "bpp": bpp, "ocr": l_ocr, "mse": F.mse_loss(out["x_hat"], x),

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from .recognizer import GREY_WEIGHTS
 
-__all__ = ["OCRViews", "luma", "otsu_threshold", "soft_binarize"]
+__all__ = ["OCRViews", "hard_binarize", "luma", "otsu_threshold", "soft_binarize"]
 
 def otsu_threshold(grey: torch.Tensor, bins: int = 256) -> torch.Tensor:
     """Otsu's threshold of each image of a batch (B, 1, H, W) in [0, 1]: the t maximizing the between-class variance.
@@ -73,6 +73,13 @@ def otsu_threshold(grey: torch.Tensor, bins: int = 256) -> torch.Tensor:
 def luma(x: torch.Tensor) -> torch.Tensor:
     """Grey (B, 1, H, W) of RGB images (B, 3, H, W) with the recognizer's weights (:data:`GREY_WEIGHTS`)."""
     return (x * x.new_tensor(GREY_WEIGHTS)[None, :, None, None]).sum(dim=1, keepdim=True)
+
+
+def hard_binarize(x: torch.Tensor) -> torch.Tensor:
+    """1 where the luma of x is above its Otsu threshold (background), 0 on the dark ink: (B, 1, H, W), no gradient."""
+    with torch.no_grad():
+        g = luma(x)
+        return (g > otsu_threshold(g)[:, None, None, None]).to(x.dtype)
 
 
 def soft_binarize(x: torch.Tensor, softness: float = 0.03) -> torch.Tensor:
