@@ -129,9 +129,24 @@ def test_robust_views_follow_the_profile():
     assert both.strength == 1.0 and both.binarize == 0.25
 
 
+def test_robust_gammas_are_fixed_or_follow_lambda():
+    cfg = config.resolve("cpu", device="cpu")
+    lambdas, start = cfg.codec.lambdas, cfg.tfic.sweep_start_index
+    fixed = cfg.with_overrides(tfic={"robust_gamma_scaled": False})
+    assert tfic.robust_gammas(fixed) == [cfg.tfic.robust_gamma] * len(lambdas)
+    assert cfg.tfic.robust_gamma_scaled and tfic.robust_gammas(cfg)[start] == cfg.tfic.robust_gamma
+    scaled = tfic.robust_gammas(cfg.with_overrides(tfic={"robust_gamma": 0.2}))
+    assert scaled[start] == pytest.approx(0.2)
+    below = range(len(lambdas))[start]
+    assert [g / lam for g, lam in zip(scaled[:below + 1], lambdas)] == pytest.approx([0.2 / lambdas[start]] * (below + 1))
+    assert scaled[below:] == [0.2] * (len(lambdas) - below)
+    assert scaled[0] < scaled[1] < 0.2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("settings", [{"robust_strength": 0.0}, {"robust_strength": 1.0},
-                                      {"robust_binarize": 1.0, "robust_binary": 0.5}, {"robust_background": 0.1}])
+                                      {"robust_binarize": 1.0, "robust_binary": 0.5}, {"robust_background": 0.1},
+                                      {"robust_gamma_scaled": False}])
 def test_robust_sweep_trains_one_model_per_stage1_model(tmp_path, monkeypatch, settings):
     monkeypatch.setenv("TFIC_DATA", str(tmp_path))
     cfg = config.resolve("smoke", device="cpu").with_overrides(tfic={"steps": 2, "robust_pixel": 0.5, **settings})
@@ -149,7 +164,10 @@ def test_robust_sweep_trains_one_model_per_stage1_model(tmp_path, monkeypatch, s
     assert [r.params["lambda"] for r in runs] == pytest.approx([0.5 * lam for lam in cfg.codec.lambdas])
     assert [r.path.name for r in runs] == [f"tfic_robust_{k}.pt" for k in range(len(cfg.codec.lambdas))]
     _, meta = codec.load_model(runs[-1].path)
-    assert meta["method"] == "tfic_robust" and meta["gamma"] == cfg.tfic.robust_gamma
+    assert meta["method"] == "tfic_robust" and meta["gamma"] == cfg.tfic.robust_gamma  # the last λ is the sweep start
+    assert [r.params["gamma"] for r in runs] == pytest.approx(tfic.robust_gammas(cfg))
+    scaled = [c for c in tmp_path.rglob("tfic_robust_from0_gamma0.0125_*.ckpt")]  # γ·λ_0/λ_s = 0.1·0.0004/0.0032
+    assert len(scaled) == settings.get("robust_gamma_scaled", True)
     assert (meta["views"] is None) == plain and (tfic.robust_views(cfg) is None) == plain
     assert meta.get("binary", 0.0) == settings.get("robust_binary", 0.0)
     shaped = [c.name for c in tmp_path.rglob("tfic_robust_from0_*.ckpt") if "_bin1_shape0.5" in c.name]

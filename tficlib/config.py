@@ -123,6 +123,7 @@ class TficCfg:
     robust_binarize: float = 0.0  # share of views binarized at Otsu's threshold (OCRViews.binarize; 0: none)
     robust_binary: float = 0.0  # share of λ_k on the binarized pixel term (losses.binary_distortion; 0: none)
     robust_background: float = 1.0  # pixel term's weight off the text (losses.text_weighted_distortion; 1: plain MSE)
+    robust_gamma_scaled: bool = True  # γ_k = robust_gamma·min(1, λ_k/λ_s), λ_s the sweep start (False: γ_k = γ)
 
 
 @dataclass(frozen=True)

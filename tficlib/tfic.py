@@ -176,12 +176,25 @@ def robust_views(cfg):
     return OCRViews(strength=t.robust_strength, binarize=t.robust_binarize)
 
 
+def robust_gammas(cfg) -> list[float]:
+    """γ_k of each robust run: ``robust_gamma``, or with ``robust_gamma_scaled`` γ·min(1, λ_k/λ_s).
+
+    λ_s is the γ sweep's start (``cfg.tfic.sweep_start_index``).  Scaled, the
+    models below λ_s keep the OCR term's ratio to the pixel term at λ_s,
+    R + λ_k·(p·255²·MSE + (γ/λ_s)·L_OCR), instead of letting it dominate
+    where λ_k is small; from λ_s up γ stays γ.
+    """
+    t, lambdas = cfg.tfic, cfg.codec.lambdas
+    ref = lambdas[t.sweep_start_index]
+    return [t.robust_gamma * min(1.0, lam / ref) if t.robust_gamma_scaled else t.robust_gamma for lam in lambdas]
+
+
 def robust_sweep(cfg, train_set, device, seed: int = 0, retrain: bool = False) -> list[Run]:
-    """Our robust variant: L = R + p·λ_k·255²·MSE + γ·E_T[L_OCR(G(x), T(x̂))] -> ``models/tfic_robust_<k>.pt``.
+    """Our robust variant: L = R + p·λ_k·255²·MSE + γ_k·E_T[L_OCR(G(x), T(x̂))] -> ``models/tfic_robust_<k>.pt``.
 
     From every stage-1 model k (λ_k), like :func:`mse_controls`, with the pixel
     term the paper drops kept at ``p = cfg.tfic.robust_pixel`` of λ_k,
-    γ = ``cfg.tfic.robust_gamma`` and, at ``cfg.tfic.robust_strength > 0``, the
+    γ_k from :func:`robust_gammas` and, at ``cfg.tfic.robust_strength > 0``, the
     recognizer reading random views T(x̂) (:func:`robust_views`; at
     ``cfg.tfic.robust_binarize > 0`` that share of them binarized) and, at
     ``cfg.tfic.robust_binary > 0``, a pixel term on binarized shapes of
@@ -196,16 +209,16 @@ def robust_sweep(cfg, train_set, device, seed: int = 0, retrain: bool = False) -
         return []
     views = robust_views(cfg)
     runs = []
-    for k, lam in enumerate(cfg.codec.lambdas):
-        name = f"tfic_robust_from{k}_gamma{t.robust_gamma:g}_pixel{t.robust_pixel:g}_views{t.robust_strength:g}"
+    for k, (lam, gamma) in enumerate(zip(cfg.codec.lambdas, robust_gammas(cfg))):
+        name = f"tfic_robust_from{k}_gamma{gamma:g}_pixel{t.robust_pixel:g}_views{t.robust_strength:g}"
         name += (f"_bin{t.robust_binarize:g}" if t.robust_binarize else "") + (
             f"_shape{t.robust_binary:g}" if t.robust_binary else "") + (
             f"_bg{t.robust_background:g}" if t.robust_background != 1 else "")
-        objective = TFIC(t.robust_gamma, t.robust_pixel * lam, ste=t.ste, views=views, binary=t.robust_binary * lam,
+        objective = TFIC(gamma, t.robust_pixel * lam, ste=t.ste, views=views, binary=t.robust_binary * lam,
                          background=t.robust_background)
         res = finetune(cfg, train_set, device, k, objective, name, seed, retrain)
         runs.append(_save(cfg, STAGE2, "tfic_robust", k, res,
-                          {"gamma": t.robust_gamma, "lambda": t.robust_pixel * lam, "start": k,
+                          {"gamma": gamma, "lambda": t.robust_pixel * lam, "start": k,
                            "pixel": t.robust_pixel, "views": None if views is None else views.params(),
                            **({"binary": t.robust_binary} if t.robust_binary else {}),
                            **({"background": t.robust_background} if t.robust_background != 1 else {})}))
