@@ -129,6 +129,14 @@ def test_overrides_make_a_variant_with_its_own_folders(monkeypatch, tmp_path):
     ({"name": "paper"}, "unknown setting 'name'"),
     ({"overrides": "{}"}, "unknown setting 'overrides'"),
     ({"variant": "../x"}, "names a folder"),
+    ({"tfic.robust_gamma_scaled": "no"}, "setting 'tfic.robust_gamma_scaled' must be true or false, got 'no'"),
+    ({"tfic.steps": "abc"}, "setting 'tfic.steps' must be an integer, got 'abc'"),
+    ({"tfic.steps": 1.5}, "setting 'tfic.steps' must be an integer, got 1.5"),
+    ({"tfic.gamma": True}, "setting 'tfic.gamma' must be a number, got True"),
+    ({"tfic.gammas": 0.1}, "setting 'tfic.gammas' must be a list, got 0.1"),
+    ({"eval.n_test": "all"}, "setting 'eval.n_test' must be an integer or null, got 'all'"),
+    ({"dequant.ocr_guided_init": 3}, "setting 'dequant.ocr_guided_init' must be a string, got 3"),
+    ({"seed": "one"}, "setting 'seed' must be an integer, got 'one'"),
     ([1, 2], "must be a JSON object"),
 ])
 def test_bad_overrides_are_named(overrides, message):

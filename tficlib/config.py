@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -413,16 +415,36 @@ def apply_overrides(cfg: Profile, overrides: dict) -> Profile:
             fields = {f.name for f in dataclasses.fields(current)}
             if not dot or name not in fields:
                 raise ValueError(f"unknown setting {key!r}: {section} has {', '.join(sorted(fields))}")
+            _check_type(key, typing.get_type_hints(type(current))[name], value)
             if isinstance(getattr(current, name), tuple) and isinstance(value, list):
                 value = tuple(value)
             changes.setdefault(section, {})[name] = value
         else:
             if dot:
                 raise ValueError(f"unknown setting {key!r}: {section} is a plain value, write {section}=...")
+            _check_type(key, typing.get_type_hints(Profile)[section], value)
             changes[section] = value
     recorded = {**json.loads(cfg.overrides or "{}"), **overrides}
     return dataclasses.replace(cfg.with_overrides(**changes), variant=variant,
                                overrides=json.dumps(recorded, sort_keys=True))
+
+
+_KINDS = {bool: (bool, "true or false"), int: (int, "an integer"), float: ((int, float), "a number"),
+          str: (str, "a string"), tuple: ((list, tuple), "a list")}
+
+
+def _check_type(key: str, hint, value) -> None:
+    """Raise a ValueError naming ``key`` when ``value`` does not fit the field's type ``hint``."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        hint = next(a for a in args if a is not type(None))
+    accepted, words = _KINDS.get(typing.get_origin(hint) or hint, (object, ""))
+    wrong_bool = isinstance(value, bool) and hint is not bool  # JSON true is not a number here
+    if wrong_bool or not isinstance(value, accepted):
+        optional = " or null" if type(None) in args else ""
+        raise ValueError(f"setting {key!r} must be {words}{optional}, got {value!r}")
 
 
 def _env_overrides() -> dict | None:
